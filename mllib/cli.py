@@ -1,0 +1,81 @@
+"""Flags and error handling shared by every script (datasets/, networks/, segment/)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from mllib import MllibError
+
+log = logging.getLogger(__name__)
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help shows defaults and keeps the module docstring's example layout."""
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=Formatter)
+
+
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    """--store and the S3 connection options, defined once for every script."""
+    g = p.add_argument_group("object store")
+    g.add_argument(
+        "--store",
+        "-store",
+        default=None,
+        help="store URL: s3://bucket[/prefix] or a local directory (default: $MLLIB_STORE, else ./store)",
+    )
+    g.add_argument(
+        "--endpoint_url",
+        default=None,
+        help="S3 endpoint for MinIO/SeaweedFS/Ceph (default: $AWS_ENDPOINT_URL, else AWS)",
+    )
+    g.add_argument("--ca_bundle", default=None, help="CA bundle file for the S3 endpoint's TLS certificate")
+    g.add_argument(
+        "--no_verify_tls",
+        action="store_true",
+        help="do not verify the S3 endpoint's TLS certificate (insecure; prefer --ca_bundle)",
+    )
+
+
+def add_log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO", help="logging level")
+
+
+def open_store(args: argparse.Namespace):
+    from mllib import store
+
+    return store.connect(
+        args.store,
+        endpoint_url=args.endpoint_url,
+        ca_bundle=args.ca_bundle,
+        verify=not args.no_verify_tls,
+    )
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(main: Callable[[], int], prog: str | None = None) -> int:
+    """Run a script body: a user's mistake is one line on stderr and exit status 2, no traceback."""
+    name = prog or os.path.basename(sys.argv[0] or "mllib")
+    try:
+        return int(main() or 0)
+    except MllibError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
+        return 130

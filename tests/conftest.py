@@ -1,0 +1,61 @@
+"""Shared fixtures: a real SeaweedFS S3 server on 127.0.0.1, stores on both backends, generated COCO data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mllib import store as mstore
+from mllib.seaweed import SeaweedS3
+
+SHARED = Path(os.environ.get("MLLIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS server for the whole run; its credentials are set in the environment for boto3."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    old = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    name = "t-" + uuid.uuid4().hex[:12]
+    s3_server.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def s3_store(s3_bucket):
+    return mstore.connect(f"s3://{s3_bucket}")
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    return mstore.connect(tmp_path / "store")
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path):
+    """The same test against both backends."""
+    if request.param == "local":
+        return mstore.connect(tmp_path / "store")
+    return request.getfixturevalue("s3_store")
+
+
+def shared_path(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared sample data not present: {p}")
+    return p

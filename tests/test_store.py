@@ -1,0 +1,221 @@
+"""mllib.store contract tests, run against both the local backend and a real S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from mllib import store as mstore
+from mllib.store import NotFound, StoreError
+
+
+def test_round_trip_bytes_and_stream(any_store):
+    s = any_store
+    s.put_bytes("a/b/c.bin", b"hello")
+    assert s.exists("a/b/c.bin")
+    assert not s.exists("a/b/missing.bin")
+    assert s.size("a/b/c.bin") == 5
+    assert s.get_bytes("a/b/c.bin") == b"hello"
+    with s.open("a/b/c.bin") as f:
+        assert f.read(2) == b"he"
+        assert f.read() == b"llo"
+    s.put_stream("a/stream.bin", io.BytesIO(b"x" * 100_000))
+    assert s.get_bytes("a/stream.bin") == b"x" * 100_000
+
+
+def test_large_object_goes_multipart_and_round_trips(any_store, tmp_path):
+    data = os.urandom(mstore.PART_SIZE + 12345)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    any_store.put_file("big/big.bin", src)
+    assert any_store.size("big/big.bin") == len(data)
+    out = tmp_path / "back.bin"
+    assert any_store.get_file("big/big.bin", out) == len(data)
+    assert out.read_bytes() == data
+    info = next(any_store.list("big/"))
+    assert any_store.checksum(info) == mstore.md5_file(src)
+
+
+def test_list_with_sizes_and_prefix(any_store):
+    for k, n in [("p/x/1", 1), ("p/x/2", 2), ("p/y/3", 3), ("q/4", 4), ("px", 5)]:
+        any_store.put_bytes(k, b"z" * n)
+    assert [(i.key, i.size) for i in any_store.list("p/")] == [("p/x/1", 1), ("p/x/2", 2), ("p/y/3", 3)]
+    assert [i.key for i in any_store.list("p/x")] == ["p/x/1", "p/x/2"]
+    assert [i.key for i in any_store.list("p")] == ["p/x/1", "p/x/2", "p/y/3", "px"]
+    assert len(list(any_store.list())) == 5
+    assert list(any_store.list("nothing/")) == []
+
+
+def test_delete_and_missing_key(any_store):
+    any_store.put_bytes("d/k", b"1")
+    any_store.delete("d/k")
+    assert not any_store.exists("d/k")
+    any_store.delete("d/k")  # deleting twice is fine
+    with pytest.raises(NotFound) as e:
+        any_store.get_bytes("d/k")
+    assert "d/k" in str(e.value)
+    with pytest.raises(NotFound):
+        any_store.size("d/k")
+
+
+def test_invalid_keys_are_refused(any_store):
+    for bad in ["../x", "a/../b", "", "a//b"]:
+        with pytest.raises(StoreError):
+            any_store.put_bytes(bad, b"1")
+
+
+class _FailingStream(io.RawIOBase):
+    """Yields `good` bytes, then fails as a dropped connection would."""
+
+    def __init__(self, good: int):
+        self.left = good
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self.left <= 0:
+            raise ConnectionResetError("source went away")
+        n = min(len(b), self.left)
+        b[:n] = b"y" * n
+        self.left -= n
+        return n
+
+
+@pytest.mark.parametrize("good", [1000, mstore.PART_SIZE + 5000])
+def test_failed_upload_leaves_nothing(any_store, good):
+    """Small (one PUT) and multipart uploads that fail half-way leave no object under the final key."""
+    any_store.put_bytes("keep/old", b"old")
+    with pytest.raises(ConnectionResetError):
+        any_store.put_stream("fail/obj", _FailingStream(good))
+    assert not any_store.exists("fail/obj")
+    assert list(any_store.list("fail/")) == []
+    with pytest.raises(ConnectionResetError):
+        any_store.put_stream("keep/old", _FailingStream(good))
+    assert any_store.get_bytes("keep/old") == b"old"  # the previous version is intact
+    if isinstance(any_store, mstore.S3Store):
+        ups = any_store.client.list_multipart_uploads(Bucket=any_store.bucket).get("Uploads", [])
+        assert [u["Key"] for u in ups if "fail" in u["Key"] or "keep" in u["Key"]] == []
+
+
+def test_local_store_leaves_no_temp_files(local_store):
+    with pytest.raises(ConnectionResetError):
+        local_store.put_stream("t/x", _FailingStream(10))
+    assert [p for p in local_store.root.rglob("*") if p.is_file()] == []
+
+
+def _make_tree(root, n=30):
+    for i in range(n):
+        p = root / f"sub{i % 3}" / f"f{i:03d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(1000 + i))
+    return root
+
+
+def test_put_dir_skips_unchanged_and_get_dir(any_store, tmp_path):
+    src = _make_tree(tmp_path / "src")
+    r1 = any_store.put_dir(src, "tree", jobs=8)
+    assert (r1.transferred, r1.skipped) == (30, 0)
+    assert r1.bytes == sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    r2 = any_store.put_dir(src, "tree", jobs=8)
+    assert (r2.transferred, r2.skipped) == (0, 30)
+    # same size, different content: re-uploaded
+    f = src / "sub0" / "f000.jpg"
+    f.write_bytes(bytes(b ^ 0xFF for b in f.read_bytes()))
+    r3 = any_store.put_dir(src, "tree", jobs=8)
+    assert (r3.transferred, r3.skipped) == (1, 29)
+    assert any_store.get_bytes("tree/sub0/f000.jpg") == f.read_bytes()
+
+    dst = tmp_path / "dst"
+    g1 = any_store.get_dir("tree", dst, jobs=8)
+    assert (g1.transferred, g1.skipped) == (30, 0)
+    for p in src.rglob("*.jpg"):
+        assert (dst / p.relative_to(src)).read_bytes() == p.read_bytes()
+    g2 = any_store.get_dir("tree", dst, jobs=8)
+    assert (g2.transferred, g2.skipped) == (0, 30)
+
+
+def test_url_for(local_store, s3_store):
+    assert s3_store.url_for("a/b") == f"s3://{s3_store.bucket}/a/b"
+    assert local_store.url_for("a/b") == str(local_store.root / "a" / "b")
+
+
+def test_s3_prefix_store(s3_bucket):
+    s = mstore.connect(f"s3://{s3_bucket}/some/prefix")
+    s.put_bytes("k", b"v")
+    raw = mstore.connect(f"s3://{s3_bucket}")
+    assert raw.get_bytes("some/prefix/k") == b"v"
+    assert [i.key for i in s.list()] == ["k"]
+
+
+def test_default_store_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLLIB_STORE", str(tmp_path / "envstore"))
+    s = mstore.connect()
+    assert isinstance(s, mstore.LocalStore) and s.root == (tmp_path / "envstore").resolve()
+    monkeypatch.delenv("MLLIB_STORE")
+    monkeypatch.chdir(tmp_path)
+    assert mstore.connect().root == (tmp_path / "store").resolve()
+
+
+def test_wrong_credentials_give_clear_error_without_secret(s3_server, s3_bucket, monkeypatch):
+    secret = "WRONGsecretVALUE1234567890"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    with pytest.raises(StoreError) as e:
+        mstore.connect(f"s3://{s3_bucket}")
+    msg = str(e.value)
+    assert "credentials" in msg and f"s3://{s3_bucket}" in msg
+    assert secret not in msg and s3_server.secret_key not in msg
+
+
+def test_missing_bucket_gives_clear_error(s3_server):
+    with pytest.raises(StoreError) as e:
+        mstore.connect("s3://no-such-bucket-mllib")
+    assert "does not exist" in str(e.value) and "no-such-bucket-mllib" in str(e.value)
+
+
+def test_unreachable_endpoint(monkeypatch):
+    from mllib.seaweed import free_port
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s = mstore.S3Store("s3://b", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StoreError) as e:
+        s.check()
+    assert "cannot reach" in str(e.value) and "AWS_ENDPOINT_URL" in str(e.value)
+
+
+def test_s3_store_survives_pickle_and_fork(s3_store):
+    s3_store.put_bytes("fork/k", b"v")
+    clone = pickle.loads(pickle.dumps(s3_store))
+    assert clone.get_bytes("fork/k") == b"v"
+    parent_client = s3_store.client
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must build its own client and still work
+        try:
+            ok = s3_store.client is not parent_client and s3_store.get_bytes("fork/k") == b"v"
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+
+
+def test_script_error_is_one_line_and_nonzero(tmp_path):
+    """A script given an unreachable store exits non-zero with one line and no traceback."""
+    from mllib.seaweed import free_port
+
+    secret = "sEcReT" + "9" * 30
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="a",
+               AWS_SECRET_ACCESS_KEY=secret, AWS_MAX_ATTEMPTS="1", AWS_DEFAULT_REGION="us-east-1")
+    p = subprocess.run([sys.executable, "-m", "mllib.storecli", "--store", "s3://bucket", "ls"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert "cannot reach" in p.stderr and "s3://bucket" in p.stderr
+    assert secret not in p.stderr + p.stdout
