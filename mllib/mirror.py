@@ -215,8 +215,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="directory to serve")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--rate", type=int, default=None, help="throttle each response to this many bytes/s")
     a = p.parse_args(argv)
-    m = Mirror(a.root, a.port)
+    m = Mirror(a.root, a.port, faults=Faults(rate=a.rate))
     print(f"serving {m.root} at {m.url} (Ctrl-C stops)")
     try:
         m.server.serve_forever()
