@@ -1,0 +1,54 @@
+"""Write a contact sheet of N records of a training set: each image with its colored label and class names.
+
+    python3 datasets/viewdataset.py -trainingset_name coco --set val -n 16 --out coco_val.png
+
+prints "wrote coco_val.png: 16 records of trainingsets/coco (val)".
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+from mllib import MllibError, classes, cli, display, records
+
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
+    cli.add_store_args(p)
+    p.add_argument("--trainingset_name", "-trainingset_name", required=True, help="training set name")
+    p.add_argument("--set", default="val", help="which set")
+    p.add_argument("-n", "--count", type=int, default=16, help="records to show")
+    p.add_argument("--cols", type=int, default=4, help="tiles per row")
+    p.add_argument("--size", type=int, default=256, help="tile size in pixels")
+    p.add_argument("--out", default=None, help="PNG to write (default: <name>_<set>.png)")
+    cli.add_log_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+
+    def body() -> int:
+        store = cli.open_store(args)
+        desc = records.description(store, args.trainingset_name)
+        d = classes.load(desc["classes"])
+        keys = records.shard_keys(store, args.trainingset_name, args.set)
+        samples = []
+        for rec in itertools.islice(records.iter_serialized(store, keys), args.count):
+            r = records.parse(rec)
+            samples.append((r["image"], r["label"], r["source_id"]))
+        if not samples:
+            raise MllibError(f"set {args.set} of {args.trainingset_name} has no records")
+        out = args.out or f"{args.trainingset_name}_{args.set}.png"
+        display.write_png(out, display.contact_sheet(samples, d, cols=args.cols, size=args.size))
+        print(f"wrote {out}: {len(samples)} records of {store.url_for('trainingsets/' + args.trainingset_name)} "
+              f"({args.set})")
+        return 0
+
+    return cli.run(body, "viewdataset.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

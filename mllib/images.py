@@ -1,0 +1,110 @@
+"""Image bytes: header inspection without decoding, decoding without EXIF rotation, uniform RGB.
+
+COCO annotations are in stored pixel order, so nothing here applies EXIF orientation.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+from mllib import MllibError
+
+cv2.setNumThreads(1)  # decoding runs in many processes / DataLoader workers; one thread each
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_DECODE_FLAGS = cv2.IMREAD_IGNORE_ORIENTATION
+
+
+class ImageError(MllibError):
+    pass
+
+
+def info(data: bytes) -> tuple[str, int, int, int]:
+    """(format, height, width, channels) from the header alone; ImageError if it is not a complete image.
+
+    A JPEG must have a frame header and end with its EOI marker (a truncated download does not).
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        return ("jpeg", *_jpeg_header(data))
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 33 or data[12:16] != b"IHDR":
+            raise ImageError("truncated PNG header")
+        w, h, depth, ctype = struct.unpack(">IIBB", data[16:26])
+        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(ctype, 0)
+        if b"IEND" not in data[-16:]:
+            raise ImageError("truncated PNG (no IEND chunk)")
+        return ("png" if depth == 8 and ctype in (0, 2) else "png-other", h, w, channels)
+    raise ImageError("not a JPEG or PNG file")
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int]:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ImageError(f"corrupt JPEG: bad marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF:
+            if i + 10 > n:
+                break
+            _, h, w, comps = struct.unpack(">BHHB", data[i + 4 : i + 10])
+            tail = data[-64:].rstrip(b"\x00")
+            if not tail.endswith(b"\xff\xd9") and b"\xff\xd9" not in data[-1024:]:
+                raise ImageError("truncated JPEG (no end-of-image marker)")
+            if h == 0 or w == 0:
+                raise ImageError("JPEG without a height or width in its frame header")
+            return h, w, comps
+        if marker == 0xDA:  # start of scan before a frame header
+            break
+        i += 2 + length
+    raise ImageError("corrupt JPEG: no frame header")
+
+
+def decode(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Decode to RGB (HxWx3) or grayscale (HxW) uint8, in stored pixel order (no EXIF rotation)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags | _DECODE_FLAGS)
+    if img is None:
+        raise ImageError("cannot decode image")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def uniform_rgb(data: bytes, jpeg_quality: int = 95) -> tuple[bytes, str, int, int]:
+    """(bytes, format, height, width) of a 3-channel RGB image.
+
+    A 3-channel JPEG or 8-bit RGB/gray PNG is returned as it is (no decode, no quality loss) where it is
+    already RGB; grayscale, CMYK or 4-channel sources are converted (JPEG stays JPEG at jpeg_quality, PNG
+    stays lossless PNG).
+    """
+    fmt, h, w, channels = info(data)
+    if fmt == "jpeg" and channels == 3:
+        return data, "jpeg", h, w
+    if fmt == "png" and channels == 3:
+        return data, "png", h, w
+    rgb = decode(data, cv2.IMREAD_COLOR)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if fmt == "jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    else:
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        fmt = "png"
+    if not ok:
+        raise ImageError("cannot re-encode image")
+    return buf.tobytes(), fmt, h, w
+
+
+def encode_label_png(label: np.ndarray, level: int = 1) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(label, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise ImageError("cannot encode label PNG")
+    return buf.tobytes()

@@ -1,0 +1,413 @@
+"""Convert datasets in the store (COCO, Cityscapes) into a sharded TFRecord training set.
+
+    conv = Conversion(store, "coco", entries, classes="coco", shard_images=1000, jobs=2, seed=0)
+    description = conv.run()
+
+Shards `trainingsets/NAME/{set}-{i:05d}-of-{n:05d}.tfrecord`, each written to a local temporary file by one of
+`jobs` processes and stored under its final name only when complete, with a small stats object beside it
+(`.shards/<shard>.json`). Records are in a seeded shuffled order, so a re-run of an interrupted conversion
+skips the finished shards and produces exactly the records an uninterrupted run would. `description.json`
+is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from mllib import MllibError, classes, images, labels, tfrecord
+from mllib.cocoindex import CocoIndex
+from mllib.store import NotFound, Store
+
+log = logging.getLogger(__name__)
+
+PREFIX = "trainingsets"
+
+
+@dataclass
+class Entry:
+    """One source of a set: the seed's {jsonpath, imagepath, name_decoration, set} plus extensions."""
+
+    jsonpath: str = ""
+    imagepath: str = ""
+    set: str = "train"
+    name_decoration: str = ""
+    stuffpath: str | None = None
+    dataset: str = "coco"
+    classes_file: str | None = None
+    type: str = "coco"
+    labelpath: str | None = None
+
+    def key(self, path: str) -> str:
+        path = path.strip("/")
+        return path if path.startswith("datasets/") else f"datasets/{self.dataset}/{path}"
+
+
+def parse_entries(spec: str | list) -> list[Entry]:
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise MllibError(f"--datasets is not valid JSON: {e}") from None
+    if isinstance(spec, dict):
+        spec = [spec]
+    out = []
+    for n, d in enumerate(spec):
+        unknown = set(d) - set(Entry.__dataclass_fields__)
+        if unknown:
+            raise MllibError(f"--datasets entry {n}: unknown field(s) {sorted(unknown)}")
+        e = Entry(**d)
+        if e.type not in ("coco", "cityscapes"):
+            raise MllibError(f"--datasets entry {n}: type must be 'coco' or 'cityscapes', got {e.type!r}")
+        if e.type == "coco" and not (e.jsonpath and e.imagepath):
+            raise MllibError(f"--datasets entry {n}: a coco entry needs 'jsonpath' and 'imagepath'")
+        if e.type == "cityscapes" and not (e.imagepath and e.labelpath):
+            raise MllibError(f"--datasets entry {n}: a cityscapes entry needs 'imagepath' and 'labelpath'")
+        out.append(e)
+    return out
+
+
+def default_entries(store: Store, dataset: str = "coco") -> list[Entry]:
+    """COCO train2017 and val2017 instances, plus the matching stuff annotations when they are in the store."""
+    out = []
+    for split, set_name in (("train2017", "train"), ("val2017", "val")):
+        e = Entry(f"annotations/instances_{split}.json", split, set_name, dataset=dataset)
+        stuff = f"annotations/stuff_{split}.json"
+        if store.exists(e.key(stuff)):
+            e.stuffpath = stuff
+        if store.exists(e.key(e.jsonpath)):
+            out.append(e)
+    if not out:
+        raise MllibError(
+            f"no COCO annotations in {store.url_for(f'datasets/{dataset}/annotations/')}: run datasets/getcoco.py "
+            "first, or give --datasets"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-process state and per-item work (runs in the worker processes)
+# ---------------------------------------------------------------------------------------------------------------
+class Worker:
+    def __init__(self, store: Store, entries: list[Entry], main_classes: str, crowd: str, skip_bad: bool):
+        self.store = store
+        self.entries = entries
+        self.classes = classes.load(main_classes)
+        self.crowd = crowd
+        self.skip_bad = skip_bad
+        self._things: dict[int, CocoIndex] = {}
+        self._stuff: dict[int, tuple[CocoIndex, np.ndarray]] = {}
+        self._renderers: dict[int, labels.Renderer] = {}
+        self._cs_lists: dict[int, list[str]] = {}
+
+    def entry_classes(self, k: int) -> classes.ClassDictionary:
+        e = self.entries[k]
+        name = e.classes_file or ("cityscapes_coco" if e.type == "cityscapes" else None)
+        return classes.load(name) if name else self.classes
+
+    def things(self, k: int) -> CocoIndex:
+        if k not in self._things:
+            self._things[k] = CocoIndex.load(self.store, self.entries[k].key(self.entries[k].jsonpath))
+        return self._things[k]
+
+    def stuff(self, k: int):
+        e = self.entries[k]
+        if not e.stuffpath:
+            return None
+        if k not in self._stuff:
+            idx = CocoIndex.load(self.store, e.key(e.stuffpath))
+            order = np.argsort(idx.image_id)
+            self._stuff[k] = (idx, order)
+        return self._stuff[k]
+
+    def renderer(self, k: int) -> labels.Renderer:
+        if k not in self._renderers:
+            self._renderers[k] = labels.Renderer(self.entry_classes(k), self.crowd)
+        return self._renderers[k]
+
+    def cityscapes_images(self, k: int) -> list[str]:
+        if k not in self._cs_lists:
+            e = self.entries[k]
+            pre = e.key(e.imagepath) + "/"
+            self._cs_lists[k] = sorted(i.key for i in self.store.list(pre) if i.key.endswith("_leftImg8bit.png"))
+        return self._cs_lists[k]
+
+    def items(self, k: int) -> int:
+        e = self.entries[k]
+        return len(self.cityscapes_images(k)) if e.type == "cityscapes" else self.things(k).images
+
+    def example(self, k: int, row: int) -> tuple[bytes | None, np.ndarray | None, dict | None]:
+        """(record, label pixel counts, None) or (None, None, {"key", "reason"}) for a skipped item."""
+        e = self.entries[k]
+        if e.type == "cityscapes":
+            img_key = self.cityscapes_images(k)[row]
+            rel = img_key[len(e.key(e.imagepath)) :]
+            lab_key = e.key(e.labelpath) + rel.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+            source_id = rel.strip("/").rsplit("/", 1)[-1].replace("_leftImg8bit.png", "")
+            where = img_key
+        else:
+            idx = self.things(k)
+            name = idx.file_name(row)
+            img_key = f"{e.key(e.imagepath)}/{e.name_decoration}{name}"
+            source_id = str(int(idx.image_id[row]))
+            where = f"image {source_id} ({img_key})"
+        try:
+            data = self.store.get_bytes(img_key)
+        except NotFound:
+            return None, None, {"key": img_key, "reason": "image missing from the store"}
+        try:
+            img, fmt, h, w = images.uniform_rgb(data)
+        except images.ImageError as err:
+            return None, None, {"key": img_key, "reason": f"corrupt image: {err}"}
+        try:
+            if e.type == "cityscapes":
+                ids = images.decode(self.store.get_bytes(lab_key), flags=0 | images.cv2.IMREAD_UNCHANGED)
+                if ids.ndim != 2 or ids.shape != (h, w):
+                    raise labels.LabelError(f"{lab_key}: label shape {ids.shape} differs from the image's {(h, w)}")
+                label = self.entry_classes(k).lut[ids]
+            else:
+                idx = self.things(k)
+                if (h, w) != idx.size(row):
+                    raise labels.LabelError(
+                        f"{where}: image is {h}x{w} but the annotation file says {idx.size(row)[0]}x{idx.size(row)[1]}"
+                    )
+                st = self.stuff(k)
+                srow = None
+                if st is not None:
+                    sidx, order = st
+                    pos = np.searchsorted(sidx.image_id, idx.image_id[row], sorter=order)
+                    if pos < len(order) and sidx.image_id[order[pos]] == idx.image_id[row]:
+                        srow = int(order[pos])
+                label = self.renderer(k).render(idx, row, st[0] if st else None, srow, where)
+        except NotFound:
+            return None, None, {"key": lab_key, "reason": "label image missing from the store"}
+        except (labels.LabelError, images.ImageError) as err:
+            if not self.skip_bad:
+                raise
+            return None, None, {"key": img_key, "reason": str(err)}
+        counts = labels.pixel_counts(label)
+        rec = tfrecord.encode_example({
+            "image/height": h,
+            "image/width": w,
+            "image/depth": 3,
+            "image/encoded": img,
+            "image/format": fmt,
+            "image/filename": img_key.rsplit("/", 1)[-1],
+            "image/source_id": source_id,
+            "label/encoded": images.encode_label_png(label),
+            "label/format": "png",
+            "label/classes": (counts[: self.classes.classes] > 0).astype(np.float32).tolist(),
+        })  # fmt: skip
+        return rec, counts, None
+
+
+_worker: Worker | None = None
+
+
+def _init_worker(store, entries, main_classes, crowd, skip_bad):
+    global _worker
+    _worker = Worker(store, entries, main_classes, crowd, skip_bad)
+
+
+def _write_shard(task: dict) -> dict:
+    """Write one shard (local temp file -> store under its final name) and its stats object."""
+    w = _worker
+    store = w.store
+    t0 = time.perf_counter()
+    pixels = np.zeros(256, np.int64)
+    skipped, records = [], 0
+    sha = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(suffix=".tfrecord.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for k, row in task["items"]:
+                rec, counts, skip = w.example(int(k), int(row))
+                if skip is not None:
+                    skipped.append(skip)
+                    continue
+                framed = tfrecord.frame(rec)
+                f.write(framed)
+                sha.update(framed)
+                pixels += counts
+                records += 1
+        size = os.path.getsize(tmp)
+        store.put_file(task["key"], tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    stats = {"name": task["key"].rsplit("/", 1)[-1], "records": records, "bytes": size, "sha256": sha.hexdigest(),
+             "pixels": pixels.tolist(), "skipped": skipped, "config": task["config"],
+             "items": len(task["items"]), "seconds": round(time.perf_counter() - t0, 3)}
+    store.put_bytes(task["stats_key"], json.dumps(stats).encode())
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the conversion
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Conversion:
+    store: Store
+    name: str
+    entries: list[Entry]
+    classes_file: str = "coco"
+    shard_images: int = 1000
+    jobs: int = 1
+    crowd: str = "class"
+    max_images: int | None = None
+    seed: int = 0
+    author: str = ""
+    description: str = ""
+    skip_bad: bool = False
+    bar: bool = True
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}/{self.name}"
+
+    def config(self) -> dict:
+        return {"entries": [asdict(e) for e in self.entries], "classes_file": self.classes_file,
+                "shard_images": self.shard_images, "crowd": self.crowd, "max_images": self.max_images,
+                "seed": self.seed, "skip_bad": self.skip_bad}
+
+    def plan(self, worker: Worker) -> dict[str, list[dict]]:
+        main = worker.classes
+        for k, _e in enumerate(self.entries):
+            d = worker.entry_classes(k)
+            if d.classes != main.classes:
+                raise MllibError(
+                    f"entry {k} uses class dictionary {d.name} with {d.classes} classes; the set's {main.name} has "
+                    f"{main.classes}: give the entry a classes_file in the same class space"
+                )
+        sets: dict[str, list[tuple[int, int]]] = {}
+        for k, e in enumerate(self.entries):
+            n = worker.items(k)
+            sets.setdefault(e.set, []).extend((k, r) for r in range(n))
+        config = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:16]
+        plan: dict[str, list[dict]] = {}
+        for set_name, items in sets.items():
+            arr = np.array(items, dtype=np.int64).reshape(-1, 2)
+            rng = np.random.default_rng([self.seed, zlib.crc32(set_name.encode())])
+            arr = arr[rng.permutation(len(arr))]
+            if self.max_images is not None:
+                arr = arr[: self.max_images]
+            n = max(1, math.ceil(len(arr) / self.shard_images))
+            tasks = []
+            for i in range(n):
+                shard = f"{set_name}-{i:05d}-of-{n:05d}.tfrecord"
+                tasks.append({"key": f"{self.prefix}/{shard}", "stats_key": f"{self.prefix}/.shards/{shard}.json",
+                              "items": arr[i * self.shard_images : (i + 1) * self.shard_images].tolist(),
+                              "config": config, "set": set_name})
+            plan[set_name] = tasks
+        return plan
+
+    def _done(self, task: dict) -> dict | None:
+        try:
+            stats = json.loads(self.store.get_bytes(task["stats_key"]))
+        except NotFound:
+            return None
+        if stats.get("config") != task["config"] or not self.store.exists(task["key"]):
+            return None
+        if self.store.size(task["key"]) != stats.get("bytes"):
+            return None
+        return stats
+
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        main_worker = Worker(self.store, self.entries, self.classes_file, self.crowd, self.skip_bad)
+        plan = self.plan(main_worker)  # builds / caches the annotation indexes once, before any worker starts
+        tasks = [t for ts in plan.values() for t in ts]
+        results: dict[str, dict] = {}
+        todo = []
+        for t in tasks:
+            s = self._done(t)
+            if s is not None:
+                results[t["key"]] = s
+            else:
+                todo.append(t)
+        if results:
+            log.info("%d of %d shards already written, skipping them", len(results), len(tasks))
+        total = sum(len(t["items"]) for t in todo)
+        bar = tqdm(total=total, unit="img", desc=f"cocorecord {self.name}", disable=not self.bar, dynamic_ncols=True)
+        try:
+            if self.jobs <= 1 or len(todo) <= 1:
+                global _worker
+                _worker = main_worker
+                for t in todo:
+                    results[t["key"]] = _write_shard(t)
+                    bar.update(len(t["items"]))
+            else:
+                import multiprocessing as mp
+
+                ctx = mp.get_context("spawn")  # fork after boto3/TF threads is unsafe; workers load cached indexes
+                with ctx.Pool(self.jobs, initializer=_init_worker,
+                              initargs=(self.store, self.entries, self.classes_file, self.crowd, self.skip_bad)) as pool:
+                    for stats in pool.imap_unordered(_write_shard, todo):
+                        key = f"{self.prefix}/{stats['name']}"
+                        results[key] = stats
+                        bar.update(stats["items"])
+        finally:
+            bar.close()
+        # shards of an earlier, different conversion under this name
+        planned = {t["key"] for t in tasks} | {t["stats_key"] for t in tasks}
+        for info in list(self.store.list(self.prefix + "/")):
+            if (info.key.endswith(".tfrecord") or info.key.endswith(".tfrecord.json")) and info.key not in planned:
+                log.info("removing stale %s", info.key)
+                self.store.delete(info.key)
+        desc = self._describe(plan, results, main_worker)
+        self.store.put_bytes(f"{self.prefix}/description.json", json.dumps(desc, indent=1).encode())
+        n_rec = sum(s["length"] for s in desc["sets"].values())
+        n_shards = sum(len(s["shards"]) for s in desc["sets"].values())
+        n_bytes = sum(sh["bytes"] for s in desc["sets"].values() for sh in s["shards"])
+        n_skip = sum(len(s["skipped"]) for s in desc["sets"].values())
+        self.summary = {"records": n_rec, "shards": n_shards, "bytes": n_bytes, "skipped": n_skip,
+                        "seconds": time.perf_counter() - t0}
+        return desc
+
+    def _describe(self, plan, results, worker: Worker) -> dict:
+        main = worker.classes
+        sets = {}
+        for set_name, tasks in plan.items():
+            stats = [results[t["key"]] for t in tasks]
+            pixels = np.sum([np.array(s["pixels"], np.int64) for s in stats], axis=0)
+            present = {str(i): int(pixels[i]) for i in list(range(main.classes)) + [main.ignore] if pixels[i]}
+            sets[set_name] = {
+                "length": sum(s["records"] for s in stats),
+                "shards": [{k: s[k] for k in ("name", "records", "bytes", "sha256")} for s in stats],
+                "pixels": present,
+                "skipped": [x for s in stats for x in s["skipped"]],
+            }
+        return {
+            "name": self.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "author": self.author,
+            "description": self.description,
+            "seed": self.seed,
+            "classes": main.to_dict(),
+            "class_names": main.names,
+            "crowd": self.crowd,
+            "config": self.config(),
+            "format": {
+                "image/encoded": "original JPEG bytes (3-channel) or converted RGB; PNG sources stay PNG",
+                "label/encoded": "PNG, uint8 trainIds, 255 = ignore",
+                "label/classes": f"float presence vector of length {main.classes}",
+            },
+            "sets": sets,
+        }
+
+    def summary_line(self) -> str:
+        s = self.summary
+        return (f"wrote {s['records']:,d} records to {s['shards']} shards, {s['bytes'] / 1e9:,.2f} GB, "
+                f"{s['skipped']} skipped, in {s['seconds']:.1f} s -> {self.store.url_for(self.prefix)}")
