@@ -1,0 +1,72 @@
+"""CocoDataset and CocoStore: COCO straight from the object store, for PyTorch training and for looking at it.
+
+    from cocostore import CocoDataset, CocoStore        # or: from mllib.cocodataset import ...
+    trainingset = CocoDataset(s3=s3, bucket=bucket, dataset_desc=args.trainingset,
+        image_paths=args.train_image_path, class_dictionary=class_dictionary,
+        height=args.height, width=args.width, imflags=args.imflags, astype='float32')
+    trainloader = torch.utils.data.DataLoader(trainingset)
+
+Run as a script it writes N overlay PNGs of augmented samples for a quick look:
+
+    python3 datasets/cocostore.py --store s3://coco --split val2017 -n 8 --out samples/
+    # wrote 8 samples to samples/ (sample_000.png ...)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mllib import cli, display
+from mllib.cocodataset import CocoDataset, CocoStore
+
+__all__ = ["CocoDataset", "CocoStore", "main"]
+
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
+    cli.add_store_args(p)
+    p.add_argument("--dataset", default="coco", help="store folder datasets/<dataset>/")
+    p.add_argument("--split", default="val2017", help="annotations/instances_<split>.json and images <split>/")
+    p.add_argument("--class_dictionary", default="coco", help="class dictionary name or path")
+    p.add_argument("-n", "--count", type=int, default=8, help="samples to write")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--no_transform", action="store_true", help="validation mode: center crop/pad, no augmentation")
+    p.add_argument("--seed", type=int, default=0, help="augmentation seed")
+    p.add_argument("--out", default="samples", help="output folder")
+    cli.add_log_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+
+    def body() -> int:
+        store = cli.open_store(args)
+        ds = CocoDataset.from_store(store, split=args.split, classes=args.class_dictionary, dataset=args.dataset,
+                                    height=args.height, width=args.width, enable_transform=not args.no_transform,
+                                    seed=args.seed)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        n = min(args.count, len(ds))
+        for k in range(n):
+            image, label, mean, std = ds[k]
+            rgb = image.numpy().transpose(1, 2, 0) * std.numpy() + mean.numpy()
+            rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+            if rgb.shape[2] == 1:
+                rgb = np.repeat(rgb, 3, axis=2)
+            lab = label.numpy().astype(np.uint8)
+            display.write_png(out / f"sample_{k:03d}.png",
+                              np.concatenate([rgb, ds.classes.overlay(rgb, lab), ds.classes.colorize(lab)], axis=1))
+        print(f"wrote {n} samples to {out}/ (sample_000.png ...): image | overlay | label")
+        return 0
+
+    return cli.run(body, "cocostore.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
