@@ -209,13 +209,14 @@ class CocoDataset(torch.utils.data.Dataset):
         out = cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
         lab = cv2.warpAffine(label, m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=self.classes.ignore)
-        if out.ndim == 2:
-            out = out[:, :, None]
-        c = out.shape[2]
+        planes = cv2.split(out) if out.ndim == 3 else [out]  # contiguous channel planes, in RGB order
+        c = len(planes)
+        scale = 1.0 / np.asarray(std, np.float64)[:c]
+        shift = -np.asarray(mean, np.float64)[:c] * scale
         chw = np.empty((c, self.height, self.width), self.astype)
-        np.subtract(out.transpose(2, 0, 1), np.asarray(mean, np.float32).reshape(-1, 1, 1)[:c], out=chw,
-                    dtype=self.astype, casting="unsafe")
-        chw *= (1.0 / np.asarray(std, np.float32)).reshape(-1, 1, 1)[:c].astype(self.astype)
+        for k, plane in enumerate(planes):  # (x - mean) / std, written straight into the C x H x W output
+            np.multiply(plane, self.astype.type(scale[k]), out=chw[k], casting="unsafe")
+            chw[k] += self.astype.type(shift[k])
         return chw, lab, np.asarray(mean, np.float32)[:c], np.asarray(std, np.float32)[:c]
 
     def __getitem__(self, i: int):
