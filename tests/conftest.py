@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,56 @@
+"""Train a Keras UNet from a TFRecord training set (made by datasets/cocorecord.py) and save it to the store.
+
+    python3 segment/train.py -trainingset coco -savedmodelname unet --store s3://coco --epochs 10
+
+reads trainingsets/coco/*.tfrecord with tf.data, trains, and writes models/unet/model.keras and
+models/unet/training.json; prints "saved unet to s3://coco/models/unet (loss 0.41 after 10 epochs)".
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mllib import cli
+
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
+    cli.add_store_args(p)
+    p.add_argument("--trainingset", "-trainingset", required=True, help="training set name (trainingsets/<name>)")
+    p.add_argument("--savedmodelname", "-savedmodelname", default="unet", help="models/<name>/ in the store")
+    p.add_argument("--set", default="train", help="which set to train on")
+    p.add_argument("--epochs", "-epochs", type=int, default=10)
+    p.add_argument("--batch_size", "-batch_size", type=int, default=8)
+    p.add_argument("--max_steps", "-max_steps", type=int, default=0, help="train this many steps (0: --epochs)")
+    p.add_argument("--height", type=int, default=256, help="crop height")
+    p.add_argument("--width", type=int, default=256, help="crop width")
+    p.add_argument("--learning_rate", "-learning_rate", type=float, default=1e-3)
+    p.add_argument("--model_width", type=int, default=16, help="channels of the first UNet level")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    cli.add_log_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.log_level)
+
+    def body() -> int:
+        from mllib import tfseg
+
+        store = cli.open_store(args)
+        info = tfseg.train(store, args.trainingset, args.savedmodelname, epochs=args.epochs,
+                           batch_size=args.batch_size, height=args.height, width=args.width,
+                           learning_rate=args.learning_rate, max_steps=args.max_steps, base=args.model_width,
+                           seed=args.seed, set_name=args.set, verbose=0 if args.quiet else 1)
+        loss = info["loss"][-1] if info["loss"] else float("nan")
+        print(f"saved {args.savedmodelname} to {store.url_for(tfseg.model_prefix(args.savedmodelname))} "
+              f"(loss {loss:.4f})")
+        return 0
+
+    return cli.run(body, "segment/train.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Training: IoU arithmetic, a network that can overfit, checkpoints and --resume, the segment/ scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mllib import train
+from mllib.metrics import ConfusionMatrix
+from mllib.unet import UNet
+
+from .cocofake import make_coco
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(rel: str):
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_")[:-3], ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_iou_on_hand_made_arrays():
+    truth = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 3, 1]])
+    cm = ConfusionMatrix(4)
+    cm.update(truth, pred)
+    iou = cm.iou()
+    # class 0: tp 1, fn 1 (pred 1), fp 1 (truth 2 -> 0): 1/3; class 1: tp 3, fp 1: 3/4; class 2: tp 1, fn 1: 1/2
+    assert iou[0] == pytest.approx(1 / 3) and iou[1] == pytest.approx(3 / 4) and iou[2] == pytest.approx(1 / 2)
+    assert np.isnan(iou[3])  # class 3 only predicted on an ignored pixel: not counted at all
+    assert cm.miou() == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3)
+    assert cm.matrix.sum() == 7
+    r = cm.report(["void", "person", "vehicle", "animal"])
+    assert r["iou"]["animal"] is None and r["pixels"] == 7
+
+
+def test_unet_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.zeros(2, 32, 32, dtype=torch.int64)
+    y[:, 8:24, 8:24] = 1
+    y[0, :4] = 255
+    x[:, 0][y == 1] += 2.0  # learnable: channel 0 marks class 1
+    model = UNet(3, 4, width=8, depth=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    crit = train.loss_fn(255)
+    first = train.train_step(model, (x, y), opt, crit, torch.device("cpu"))
+    for _ in range(40):
+        last = train.train_step(model, (x, y), opt, crit, torch.device("cpu"))
+    assert last < 0.3 * first, (first, last)
+    model.eval()
+    pred = model(x).argmax(1)
+    assert (pred[y != 255] == y[y != 255]).float().mean() > 0.95
+
+
+def put_coco(store, tmp_path, n=6):
+    src = tmp_path / "src"
+    for split, seed in (("train2017", 1), ("val2017", 2)):
+        d = make_coco(src, split, n, seed=seed, hw=(48, 64))
+        for im in d["images"]:
+            store.put_file(f"datasets/coco/{split}/{im['file_name']}", src / split / im["file_name"])
+        store.put_bytes(f"datasets/coco/annotations/instances_{split}.json", json.dumps(d).encode())
+
+
+def test_network2d_checkpoint_and_resume(local_store, tmp_path, capsys):
+    put_coco(local_store, tmp_path)
+    net = load_script("networks/network2d.py")
+    metrics = tmp_path / "m.jsonl"
+    common = ["--store", local_store.url, "--height", "32", "--width", "48", "--batch_size", "2", "--model_width", "4",
+              "--model_depth", "2", "--num_workers", "0", "--no_progress", "--metrics_file", str(metrics),
+              "--model_name", "t"]
+    assert net.main([*common, "--epochs", "1"]) == 0
+    assert "t: epoch 0, step 3" in capsys.readouterr().out
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["step"] == 3 and set(lines[0]["val"]["iou"]) == {"void", "person", "vehicle",
+                                                                                           "animal"}
+    ck = train.load_checkpoint(local_store, "t", "cpu")
+    assert ck["epoch"] == 0 and ck["step"] == 3 and ck["epoch_complete"]
+    model = UNet(3, 4, width=4, depth=2)
+    model.load_state_dict(ck["model"])  # the saved model restores
+    assert net.main([*common, "--epochs", "3", "--max_steps", "7", "--resume"]) == 0
+    ck2 = train.load_checkpoint(local_store, "t", "cpu")
+    assert ck2["step"] == 7 and ck2["epoch"] == 2 and not ck2["epoch_complete"]
+    assert [m["step"] for m in ck2["metrics"]] == [3, 6, 7]
+    assert len(metrics.read_text().splitlines()) == 3
+    assert local_store.exists("models/t/metrics.jsonl")
+    # resuming restores exactly the saved state
+    changed = any(not torch.equal(a, b) for a, b in zip(ck["model"].values(), ck2["model"].values(), strict=True))
+    assert changed
+
+
+def test_network2d_resume_without_checkpoint_is_clear(local_store, tmp_path, capsys):
+    put_coco(local_store, tmp_path, n=2)
+    net = load_script("networks/network2d.py")
+    assert net.main(["--store", local_store.url, "--resume", "--model_name", "none", "--num_workers", "0"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_segment_train_and_test(local_store, tmp_path, capsys):
+    put_coco(local_store, tmp_path, n=4)
+    rec = load_script("datasets/cocorecord.py")
+    assert rec.main(["-trainingset_name", "tiny", "--store", local_store.url, "--no_progress"]) == 0
+    tr = load_script("segment/train.py")
+    assert tr.main(["-trainingset", "tiny", "-savedmodelname", "u", "--store", local_store.url, "--max_steps", "2",
+                    "--height", "32", "--width", "48", "--batch_size", "2", "--model_width", "4", "--quiet"]) == 0
+    assert local_store.exists("models/u/model.keras")
+    info = json.loads(local_store.get_bytes("models/u/training.json"))
+    assert info["trainingset"] == "tiny" and len(info["loss"]) == 1
+    te = load_script("segment/test.py")
+    assert te.main(["-trainingset", "tiny", "-model", "u", "--store", local_store.url]) == 0
+    result = json.loads(local_store.get_bytes("trainingsets/tiny/tests.json"))
+    assert result["images"] == 4 and set(result["iou"]) == {"void", "person", "vehicle", "animal"}
+    assert result["miou"] is None or 0.0 <= result["miou"] <= 1.0
+    assert result["pixels"] > 0
+    assert "mIoU" in capsys.readouterr().out
