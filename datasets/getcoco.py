@@ -25,16 +25,18 @@ from mllib import MllibError, cli, download
 log = logging.getLogger("getcoco")
 
 BASE_URL = "http://images.cocodataset.org"
-# download order: the small annotation files first, so work can start while the images arrive
+# Download order: a zip is extracted while the next ones download, so the zips with the most objects per
+# downloaded byte (stuff and panoptic PNGs: ~123k objects each in ~1 GB) come first, while the big image zips
+# are still to download, and the last ones are zips of a few files, whose extraction adds little at the end.
 COCO_FILES = [
-    "annotations_trainval2017.zip",
     "stuff_annotations_trainval2017.zip",
     "panoptic_annotations_trainval2017.zip",
-    "image_info_test2017.zip",
-    "image_info_unlabeled2017.zip",
-    "val2017.zip",
     "train2017.zip",
     "test2017.zip",
+    "val2017.zip",
+    "annotations_trainval2017.zip",
+    "image_info_test2017.zip",
+    "image_info_unlabeled2017.zip",
 ]
 IMAGE_ZIPS = {"train2017.zip", "val2017.zip", "test2017.zip", "unlabeled2017.zip"}
 

@@ -219,3 +219,19 @@ def test_script_error_is_one_line_and_nonzero(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
     assert "cannot reach" in p.stderr and "s3://bucket" in p.stderr
     assert secret not in p.stderr + p.stdout
+
+
+def test_fast_put_path_and_fallback_errors(s3_store, monkeypatch):
+    s3_store.put_bytes("fast/a", b"1" * 1000)
+    assert s3_store._fast is not None and s3_store._fast_failures == 0  # the signed fast PUT was used
+    assert s3_store.get_bytes("fast/a") == b"1" * 1000
+    # rejected credentials: the fast PUT fails, boto3 repeats it and explains, without the secret
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-abcdef")
+    s3_store._fast = None
+    s3_store._client = None
+    with pytest.raises(StoreError) as e:
+        s3_store.put_bytes("fast/b", b"2")
+    assert "credentials" in str(e.value) and "wrong-secret-abcdef" not in str(e.value)
+    monkeypatch.undo()
+    s3_store._fast, s3_store._client = None, None
+    assert not s3_store.exists("fast/b")
