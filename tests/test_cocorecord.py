@@ -244,3 +244,32 @@ def test_bad_datasets_json_is_a_clear_error(local_store, capsys):
 
 def test_png_helper_is_valid():
     assert images.info(png(4, 5, 0))[:3] == ("png", 4, 5)
+
+
+def test_killed_conversion_resumes_to_the_same_records(local_store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    put_coco(local_store, tmp_path, n_val=600, n_train=1)
+    entries = json.dumps([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"}])
+    args = ["--store", local_store.url, "--no_progress", "--shard_images", "2", "--datasets", entries]
+    assert convert(local_store, "clean", *args[3:]) == 0
+    stats_dir = local_store.root / "trainingsets" / "killed" / ".shards"
+    p = subprocess.Popen([sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name", "killed",
+                          *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < 60 and not (stats_dir.exists() and len(os.listdir(stats_dir)) >= 20):
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done = len(os.listdir(stats_dir))
+    assert 20 <= done < 300, done  # killed part-way
+    assert not local_store.exists("trainingsets/killed/description.json")
+    assert convert(local_store, "killed", *args[3:]) == 0
+    clean = records.description(local_store, "clean")["sets"]["val"]["shards"]
+    killed = records.description(local_store, "killed")["sets"]["val"]["shards"]
+    assert [(s["name"], s["sha256"]) for s in killed] == [(s["name"], s["sha256"]) for s in clean]
+    assert len(list((local_store.root / "trainingsets" / "killed").glob("*.tfrecord"))) == 300
