@@ -51,27 +51,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    store = cli.open_store(args)
+    entries = (trainingset.parse_entries(args.datasets) if args.datasets
+               else trainingset.default_entries(store, args.dataset))
+    conv = trainingset.Conversion(
+        store, args.trainingset_name, entries, classes_file=args.classes_file, shard_images=args.shard_images,
+        jobs=args.jobs, crowd=args.crowd, max_images=args.max_images, seed=args.seed, author=args.author,
+        description=args.description, skip_bad=args.skip_bad, bar=not args.no_progress)
+    desc = conv.run()
+    for name, s in desc["sets"].items():
+        for sk in s["skipped"]:
+            print(f"skipped {sk['key']}: {sk['reason']}")
+        print(f"{name}: {s['length']:,d} records in {len(s['shards'])} shards")
+    print(conv.summary_line())
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        store = cli.open_store(args)
-        entries = (trainingset.parse_entries(args.datasets) if args.datasets
-                   else trainingset.default_entries(store, args.dataset))
-        conv = trainingset.Conversion(
-            store, args.trainingset_name, entries, classes_file=args.classes_file, shard_images=args.shard_images,
-            jobs=args.jobs, crowd=args.crowd, max_images=args.max_images, seed=args.seed, author=args.author,
-            description=args.description, skip_bad=args.skip_bad, bar=not args.no_progress)
-        desc = conv.run()
-        for name, s in desc["sets"].items():
-            for sk in s["skipped"]:
-                print(f"skipped {sk['key']}: {sk['reason']}")
-            print(f"{name}: {s['length']:,d} records in {len(s['shards'])} shards")
-        print(conv.summary_line())
-        return 0
-
-    return cli.run(body, "cocorecord.py")
+    return cli.main(parse_args, run, argv, "cocorecord.py")
 
 
 if __name__ == "__main__":

@@ -41,31 +41,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    store = cli.open_store(args)
+    ds = CocoDataset.from_store(store, split=args.split, classes=args.class_dictionary, dataset=args.dataset,
+                                height=args.height, width=args.width, enable_transform=not args.no_transform,
+                                seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = min(args.count, len(ds))
+    for k in range(n):
+        image, label, mean, std = ds[k]
+        rgb = image.numpy().transpose(1, 2, 0) * std.numpy() + mean.numpy()
+        rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        if rgb.shape[2] == 1:
+            rgb = np.repeat(rgb, 3, axis=2)
+        lab = label.numpy().astype(np.uint8)
+        display.write_png(out / f"sample_{k:03d}.png",
+                          np.concatenate([rgb, ds.classes.overlay(rgb, lab), ds.classes.colorize(lab)], axis=1))
+    print(f"wrote {n} samples to {out}/ (sample_000.png ...): image | overlay | label")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        store = cli.open_store(args)
-        ds = CocoDataset.from_store(store, split=args.split, classes=args.class_dictionary, dataset=args.dataset,
-                                    height=args.height, width=args.width, enable_transform=not args.no_transform,
-                                    seed=args.seed)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        n = min(args.count, len(ds))
-        for k in range(n):
-            image, label, mean, std = ds[k]
-            rgb = image.numpy().transpose(1, 2, 0) * std.numpy() + mean.numpy()
-            rgb = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-            if rgb.shape[2] == 1:
-                rgb = np.repeat(rgb, 3, axis=2)
-            lab = label.numpy().astype(np.uint8)
-            display.write_png(out / f"sample_{k:03d}.png",
-                              np.concatenate([rgb, ds.classes.overlay(rgb, lab), ds.classes.colorize(lab)], axis=1))
-        print(f"wrote {n} samples to {out}/ (sample_000.png ...): image | overlay | label")
-        return 0
-
-    return cli.run(body, "cocostore.py")
+    return cli.main(parse_args, run, argv, "cocostore.py")
 
 
 if __name__ == "__main__":

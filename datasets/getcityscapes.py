@@ -37,31 +37,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    import requests
+
+    try:
+        packages = [int(x) for x in args.packages.split(",") if x.strip()]
+    except ValueError:
+        raise cityscapes.CityscapesError(f"--packages takes ids like 1,3, got {args.packages!r}") from None
+    store = cli.open_store(args)  # fail on the store before asking for a password
+    session = requests.Session()
+    user, password = cityscapes.credentials(args.credentials_file)
+    cityscapes.login(session, args.base_url, user, password)
+    specs = cityscapes.specs(session, args.base_url, packages)
+    prefix = f"datasets/{args.dataset}"
+    job = download.Job(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips,
+                       session=session, bar=not args.no_progress, retries=args.retries)
+    summary = job.run()
+    print(f"Cityscapes in {store.url_for(prefix)}")
+    print(summary.line())
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        import requests
-
-        try:
-            packages = [int(x) for x in args.packages.split(",") if x.strip()]
-        except ValueError:
-            raise cityscapes.CityscapesError(f"--packages takes ids like 1,3, got {args.packages!r}") from None
-        store = cli.open_store(args)  # fail on the store before asking for a password
-        session = requests.Session()
-        user, password = cityscapes.credentials(args.credentials_file)
-        cityscapes.login(session, args.base_url, user, password)
-        specs = cityscapes.specs(session, args.base_url, packages)
-        prefix = f"datasets/{args.dataset}"
-        job = download.Job(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips,
-                           session=session, bar=not args.no_progress, retries=args.retries)
-        summary = job.run()
-        print(f"Cityscapes in {store.url_for(prefix)}")
-        print(summary.line())
-        return 0
-
-    return cli.run(body, "getcityscapes.py")
+    return cli.main(parse_args, run, argv, "getcityscapes.py")
 
 
 if __name__ == "__main__":

@@ -85,23 +85,21 @@ def specs_for(names: list[str], base_url: str, checksums: str | None) -> list[do
     return out
 
 
+def run(args) -> int:
+    names = [n.strip() for n in args.files.split(",") if n.strip()]
+    specs = specs_for(names, args.base_url, args.checksums)
+    store = cli.open_store(args)
+    prefix = f"datasets/{args.dataset}"
+    job = download.Job(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips,
+                       bar=not args.no_progress, retries=args.retries)
+    summary = job.run()
+    print(f"COCO in {store.url_for(prefix)}")
+    print(summary.line())
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        names = [n.strip() for n in args.files.split(",") if n.strip()]
-        specs = specs_for(names, args.base_url, args.checksums)
-        store = cli.open_store(args)
-        prefix = f"datasets/{args.dataset}"
-        job = download.Job(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips,
-                           bar=not args.no_progress, retries=args.retries)
-        summary = job.run()
-        print(f"COCO in {store.url_for(prefix)}")
-        print(summary.line())
-        return 0
-
-    return cli.run(body, "getcoco.py")
+    return cli.main(parse_args, run, argv, "getcoco.py")
 
 
 if __name__ == "__main__":

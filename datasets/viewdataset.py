@@ -26,28 +26,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    store = cli.open_store(args)
+    desc = records.description(store, args.trainingset_name)
+    d = classes.load(desc["classes"])
+    keys = records.shard_keys(store, args.trainingset_name, args.set)
+    samples = []
+    for rec in itertools.islice(records.iter_serialized(store, keys), args.count):
+        r = records.parse(rec)
+        samples.append((r["image"], r["label"], r["source_id"]))
+    if not samples:
+        raise MllibError(f"set {args.set} of {args.trainingset_name} has no records")
+    out = args.out or f"{args.trainingset_name}_{args.set}.png"
+    display.write_png(out, display.contact_sheet(samples, d, cols=args.cols, size=args.size))
+    print(f"wrote {out}: {len(samples)} records of {store.url_for('trainingsets/' + args.trainingset_name)} "
+          f"({args.set})")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        store = cli.open_store(args)
-        desc = records.description(store, args.trainingset_name)
-        d = classes.load(desc["classes"])
-        keys = records.shard_keys(store, args.trainingset_name, args.set)
-        samples = []
-        for rec in itertools.islice(records.iter_serialized(store, keys), args.count):
-            r = records.parse(rec)
-            samples.append((r["image"], r["label"], r["source_id"]))
-        if not samples:
-            raise MllibError(f"set {args.set} of {args.trainingset_name} has no records")
-        out = args.out or f"{args.trainingset_name}_{args.set}.png"
-        display.write_png(out, display.contact_sheet(samples, d, cols=args.cols, size=args.size))
-        print(f"wrote {out}: {len(samples)} records of {store.url_for('trainingsets/' + args.trainingset_name)} "
-              f"({args.set})")
-        return 0
-
-    return cli.run(body, "viewdataset.py")
+    return cli.main(parse_args, run, argv, "viewdataset.py")
 
 
 if __name__ == "__main__":

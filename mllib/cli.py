@@ -68,6 +68,13 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def main(parse_args: Callable, body: Callable[[argparse.Namespace], int], argv=None, prog: str | None = None) -> int:
+    """A script's main(): parse the flags, set up logging, run body(args) with run()'s error handling."""
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    return run(lambda: body(args), prog)
+
+
 def run(main: Callable[[], int], prog: str | None = None) -> int:
     """Run a script body: a user's mistake is one line on stderr and exit status 2, no traceback."""
     name = prog or os.path.basename(sys.argv[0] or "mllib")

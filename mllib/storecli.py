@@ -27,26 +27,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    s = cli.open_store(args)
+    if args.cmd == "ls":
+        n = total = 0
+        for info in s.list(args.prefix):
+            print(f"{info.size:>14,d}  {info.key}")
+            n += 1
+            total += info.size
+        print(f"{n:,d} objects, {total / 1e6:,.1f} MB under {s.url_for(args.prefix)}")
+    elif args.cmd == "put_dir":
+        print(f"{s.put_dir(args.local_dir, args.prefix, jobs=args.jobs)} -> {s.url_for(args.prefix)}")
+    else:
+        print(f"{s.get_dir(args.prefix, args.local_dir, jobs=args.jobs)} -> {args.local_dir}")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        s = cli.open_store(args)
-        if args.cmd == "ls":
-            n = total = 0
-            for info in s.list(args.prefix):
-                print(f"{info.size:>14,d}  {info.key}")
-                n += 1
-                total += info.size
-            print(f"{n:,d} objects, {total / 1e6:,.1f} MB under {s.url_for(args.prefix)}")
-        elif args.cmd == "put_dir":
-            print(f"{s.put_dir(args.local_dir, args.prefix, jobs=args.jobs)} -> {s.url_for(args.prefix)}")
-        else:
-            print(f"{s.get_dir(args.prefix, args.local_dir, jobs=args.jobs)} -> {args.local_dir}")
-        return 0
-
-    return cli.run(body, "mllib.storecli")
+    return cli.main(parse_args, run, argv, "mllib.storecli")
 
 
 if __name__ == "__main__":

@@ -57,23 +57,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    from mllib import train
+
+    store = cli.open_store(args)
+    last = train.fit(args, store)
+    if last:
+        val = last.get("val") or {}
+        print(f"{args.model_name}: epoch {last['epoch']}, step {last['step']}, loss {last['train_loss']:.4f}, "
+              f"val mIoU {val.get('miou')}, {last['images_per_s']} images/s -> "
+              f"{store.url_for(train.checkpoint_key(args.model_name))}")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        from mllib import train
-
-        store = cli.open_store(args)
-        last = train.fit(args, store)
-        if last:
-            val = last.get("val") or {}
-            print(f"{args.model_name}: epoch {last['epoch']}, step {last['step']}, loss {last['train_loss']:.4f}, "
-                  f"val mIoU {val.get('miou')}, {last['images_per_s']} images/s -> "
-                  f"{store.url_for(train.checkpoint_key(args.model_name))}")
-        return 0
-
-    return cli.run(body, "network2d.py")
+    return cli.main(parse_args, run, argv, "network2d.py")
 
 
 if __name__ == "__main__":

@@ -24,23 +24,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    from mllib import tfseg
+
+    store = cli.open_store(args)
+    r = tfseg.test(store, args.trainingset, args.model, set_name=args.set, batch_size=args.batch_size,
+                   max_images=args.max_images)
+    per = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in r["iou"].items())
+    miou = f"{r['miou']:.3f}" if r["miou"] is not None else "-"
+    print(f"{args.model} on {args.trainingset}/{args.set}: mIoU {miou} ({per}); {r['images']} images -> "
+          f"{store.url_for(f'trainingsets/{args.trainingset}/tests.json')}")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        from mllib import tfseg
-
-        store = cli.open_store(args)
-        r = tfseg.test(store, args.trainingset, args.model, set_name=args.set, batch_size=args.batch_size,
-                       max_images=args.max_images)
-        per = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in r["iou"].items())
-        miou = f"{r['miou']:.3f}" if r["miou"] is not None else "-"
-        print(f"{args.model} on {args.trainingset}/{args.set}: mIoU {miou} ({per}); {r['images']} images -> "
-              f"{store.url_for(f'trainingsets/{args.trainingset}/tests.json')}")
-        return 0
-
-    return cli.run(body, "segment/test.py")
+    return cli.main(parse_args, run, argv, "segment/test.py")
 
 
 if __name__ == "__main__":

@@ -32,24 +32,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args) -> int:
+    from mllib import tfseg
+
+    store = cli.open_store(args)
+    info = tfseg.train(store, args.trainingset, args.savedmodelname, epochs=args.epochs,
+                       batch_size=args.batch_size, height=args.height, width=args.width,
+                       learning_rate=args.learning_rate, max_steps=args.max_steps, base=args.model_width,
+                       seed=args.seed, set_name=args.set, verbose=0 if args.quiet else 1)
+    loss = info["loss"][-1] if info["loss"] else float("nan")
+    print(f"saved {args.savedmodelname} to {store.url_for(tfseg.model_prefix(args.savedmodelname))} "
+          f"(loss {loss:.4f})")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    cli.setup_logging(args.log_level)
-
-    def body() -> int:
-        from mllib import tfseg
-
-        store = cli.open_store(args)
-        info = tfseg.train(store, args.trainingset, args.savedmodelname, epochs=args.epochs,
-                           batch_size=args.batch_size, height=args.height, width=args.width,
-                           learning_rate=args.learning_rate, max_steps=args.max_steps, base=args.model_width,
-                           seed=args.seed, set_name=args.set, verbose=0 if args.quiet else 1)
-        loss = info["loss"][-1] if info["loss"] else float("nan")
-        print(f"saved {args.savedmodelname} to {store.url_for(tfseg.model_prefix(args.savedmodelname))} "
-              f"(loss {loss:.4f})")
-        return 0
-
-    return cli.run(body, "segment/train.py")
+    return cli.main(parse_args, run, argv, "segment/train.py")
 
 
 if __name__ == "__main__":
