@@ -13,7 +13,6 @@ prints ms/image and images/s of each, ours/seed (goal >= 5x), record bytes / (so
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from realcoco import DEFAULT_SHARED, put_repeated
 
 from mllib import classes, images, labels, tfrecord
 from mllib import store as mstore
@@ -79,24 +79,15 @@ def conversion_scaling(shared: Path, repeat: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-rec-"))
     try:
         s = mstore.connect(tmp / "store")
-        raw = json.loads((shared / "coco-real" / "annotations" / "instances_val2017.json").read_text())
-        ims, anns = [], []
-        for k in range(repeat * 12):
-            for im in raw["images"]:
-                new = dict(im, id=im["id"] * 100 + k, file_name=f"{k:02d}_{im['file_name']}")
-                ims.append(new)
-                s.put_file(f"datasets/coco/val2017/{new['file_name']}", shared / "coco-real" / "val2017" / im["file_name"])
-            anns += [dict(a, id=a["id"] * 100 + k, image_id=a["image_id"] * 100 + k) for a in raw["annotations"]]
-        s.put_bytes("datasets/coco/annotations/instances_val2017.json",
-                    json.dumps(dict(raw, images=ims, annotations=anns)).encode())
+        n = put_repeated(s, shared, repeat * 12)
         e = [Entry("annotations/instances_val2017.json", "val2017", "val")]
         Conversion(s, "warm", e, shard_images=1000, jobs=1, bar=False, max_images=5).run()  # caches the index
         rates = {}
         for jobs in (1, 2):
             c = Conversion(s, f"j{jobs}", e, shard_images=50, jobs=jobs, bar=False)
             t, _ = timed(c.run)
-            rates[jobs] = len(ims) / t
-            print(f"conversion --jobs {jobs}: {len(ims)} images in {t:.2f} s = {rates[jobs]:.0f} images/s")
+            rates[jobs] = n / t
+            print(f"conversion --jobs {jobs}: {n} images in {t:.2f} s = {rates[jobs]:.0f} images/s")
         print(f"scaling 1 -> 2 jobs: {rates[2] / rates[1]:.2f}x (2 cores; process start-up included)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,7 +95,7 @@ def conversion_scaling(shared: Path, repeat: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--shared", default=str(DEFAULT_SHARED))
     ap.add_argument("--repeat", type=int, default=4)
     a = ap.parse_args(argv)
     shared = Path(a.shared)

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from realcoco import DEFAULT_SHARED, put_repeated
 
 from mllib import classes
 from mllib import store as mstore
@@ -41,20 +42,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def put_real(s, shared: Path, repeat: int) -> int:
-    raw = json.loads((shared / "coco-real" / "annotations" / "instances_val2017.json").read_text())
-    ims, anns = [], []
-    for k in range(repeat):
-        for im in raw["images"]:
-            new = dict(im, id=im["id"] * 100 + k, file_name=f"{k:02d}_{im['file_name']}")
-            ims.append(new)
-            s.put_file(f"datasets/coco/val2017/{new['file_name']}", shared / "coco-real" / "val2017" / im["file_name"])
-        anns += [dict(a, id=a["id"] * 100 + k, image_id=a["image_id"] * 100 + k) for a in raw["annotations"]]
-    s.put_bytes("datasets/coco/annotations/instances_val2017.json",
-                json.dumps(dict(raw, images=ims, annotations=anns)).encode())
-    return len(ims)
 
 
 def augment(ds, i, img, label, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
@@ -201,7 +188,7 @@ def index_memory(tmp: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--shared", default=str(DEFAULT_SHARED))
     ap.add_argument("--repeat", type=int, default=4)
     ap.add_argument("--no_full_index", action="store_true", help="skip the 118k-image index memory test")
     a = ap.parse_args(argv)
@@ -214,7 +201,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-loader-"))
     try:
         s = mstore.connect(tmp / "store")
-        n = put_real(s, shared, a.repeat)
+        n = put_repeated(s, shared, a.repeat)
         ds = CocoDataset.from_store(s, split="val2017", height=512, width=512, seed=0, rotate=15, scale_min=0.75,
                                     scale_max=1.25, offset=0.1, flipX=True, flipY=True)
         from pycocotools.coco import COCO

@@ -61,3 +61,12 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"shared sample data not present: {p}")
     return p
+
+
+def put_real_val2017(store) -> Path:
+    """The real COCO val2017 sample into datasets/coco/ (skips the test when the shared data is absent)."""
+    real = shared_path("coco-real")
+    for p in (real / "val2017").glob("*.jpg"):
+        store.put_file(f"datasets/coco/val2017/{p.name}", p)
+    store.put_file("datasets/coco/annotations/instances_val2017.json", real / "annotations" / "instances_val2017.json")
+    return real

@@ -15,7 +15,7 @@ from mllib import classes
 from mllib.cocodataset import CocoDataset, CocoStore, SampleError
 
 from .cocofake import make_coco
-from .conftest import shared_path
+from .conftest import put_real_val2017
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,11 +205,7 @@ def test_cocostore_and_script(local_store, tmp_path):
 
 
 def test_real_coco_sample(local_store):
-    real = shared_path("coco-real")
-    for p in (real / "val2017").glob("*.jpg"):
-        local_store.put_file(f"datasets/coco/val2017/{p.name}", p)
-    local_store.put_file("datasets/coco/annotations/instances_val2017.json",
-                         real / "annotations" / "instances_val2017.json")
+    put_real_val2017(local_store)
     ds = CocoDataset.from_store(local_store, split="val2017", height=256, width=256, seed=0)
     seen = set()
     for b in _all(ds, 2):

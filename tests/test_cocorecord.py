@@ -13,7 +13,7 @@ from mllib.cocoindex import CocoIndex
 from mllib.labels import Renderer
 
 from .cocofake import jpeg, make_coco, png
-from .conftest import shared_path
+from .conftest import put_real_val2017, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cocorecord", ROOT / "datasets" / "cocorecord.py")
@@ -218,11 +218,7 @@ def test_viewdataset_writes_a_picture(local_store, tmp_path):
 
 
 def test_real_coco_sample(local_store):
-    real = shared_path("coco-real")
-    for p in (real / "val2017").glob("*.jpg"):
-        local_store.put_file(f"datasets/coco/val2017/{p.name}", p)
-    local_store.put_file("datasets/coco/annotations/instances_val2017.json",
-                         real / "annotations" / "instances_val2017.json")
+    real = put_real_val2017(local_store)
     entries = [{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"}]
     assert convert(local_store, "real", "--datasets", json.dumps(entries), "--shard_images", "20") == 0
     desc = records.description(local_store, "real")
