@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import cv2
 import numpy as np
@@ -39,6 +40,27 @@ log = logging.getLogger(__name__)
 
 class SampleError(MllibError):
     pass
+
+
+_malloc_tuned_pid = None
+
+
+def _keep_freed_memory() -> None:
+    """Each sample allocates a few MB of fresh arrays (float image, int64 label). glibc hands freed blocks of that
+    size back to the kernel and the next sample page-faults them in again (measured: ~1,800 faults and ~5 ms of
+    system time per 512x512 sample). Keep them in the heap instead: once per process, Linux/glibc only."""
+    global _malloc_tuned_pid
+    if _malloc_tuned_pid == os.getpid():
+        return
+    _malloc_tuned_pid = os.getpid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks under 64 MB come from the heap
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB of freed heap
+    except (OSError, AttributeError):
+        pass
 
 
 def _open_store(s3, bucket):
@@ -220,6 +242,7 @@ class CocoDataset(torch.utils.data.Dataset):
         return chw, lab, np.asarray(mean, np.float32)[:c], np.asarray(std, np.float32)[:c]
 
     def __getitem__(self, i: int):
+        _keep_freed_memory()
         i = int(i)
         n = len(self)
         for attempt in range(min(n, 100)):

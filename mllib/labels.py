@@ -52,7 +52,8 @@ class Renderer:
             for poly in seg:
                 if len(poly) < 6 or len(poly) % 2:
                     raise LabelError(f"{where}, annotation {aid}: polygon with {len(poly) // 2} points (needs >= 3)")
-            rle = maskutil.merge(maskutil.frPyObjects(seg, h, w))
+            rles = maskutil.frPyObjects(seg, h, w)
+            rle = rles[0] if len(rles) == 1 else maskutil.merge(rles)
         else:
             if tuple(seg["size"]) != (h, w):
                 raise LabelError(f"{where}, annotation {aid}: RLE size {seg['size']} differs from the image's [{h}, {w}]")
@@ -66,21 +67,26 @@ class Renderer:
         where = where or f"image {int(things.image_id[i])} ({things.file_name(i)})"
         # painted in COCO's column-major pixel order straight from the RLE runs (no full-image mask per object)
         flat = np.full(h * w, self.fill, dtype=np.uint8)
+        strings: list[bytes] = []
+        values: list[int] = []
         if stuff is not None and stuff_row is not None:
             for a in stuff.annotations(stuff_row):
                 cat = int(stuff.category[a])
                 if cat == STUFF_OTHER:
                     continue
                 self._check_category(cat, where, int(stuff.ann_id[a]))
-                paint_rle(flat, self.rle(stuff, a, h, w, where)["counts"], self.lut[cat])
+                strings.append(self.rle(stuff, a, h, w, where)["counts"])
+                values.append(int(self.lut[cat]))
         anns = list(things.annotations(i))
         # decreasing area; ties keep file order (stable)
         anns.sort(key=lambda a: -float(things.area[a]))
         for a in anns:
             cat = int(things.category[a])
             self._check_category(cat, where, int(things.ann_id[a]))
-            value = self.classes.ignore if (things.iscrowd[a] and self.crowd == "ignore") else self.lut[cat]
-            paint_rle(flat, self.rle(things, a, h, w, where)["counts"], value)
+            strings.append(self.rle(things, a, h, w, where)["counts"])
+            values.append(self.classes.ignore if (things.iscrowd[a] and self.crowd == "ignore") else int(self.lut[cat]))
+        for runs, value in zip(rle_counts_many(strings), values, strict=True):
+            paint_runs(flat, runs, value)
         return np.ascontiguousarray(flat.reshape(w, h).T)
 
     def _check_category(self, cat: int, where: str, aid: int) -> None:
@@ -92,37 +98,59 @@ class Renderer:
 
 def rle_counts(counts: bytes | str) -> np.ndarray:
     """Run lengths of COCO's compressed RLE string (pycocotools rleFrString, vectorized)."""
-    if isinstance(counts, str):
-        counts = counts.encode()
-    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    return rle_counts_many([counts])[0]
+
+
+def rle_counts_many(strings: list[bytes | str]) -> list[np.ndarray]:
+    """Run lengths of several compressed RLE strings, decoded together (one set of array operations)."""
+    strings = [s.encode() if isinstance(s, str) else bytes(s) for s in strings]
+    if not strings:
+        return []
+    c = np.frombuffer(b"".join(strings), dtype=np.uint8).astype(np.int64) - 48
     if c.size == 0:
-        return np.zeros(0, np.int64)
-    last = (c & 0x20) == 0  # the last character of each number
-    starts = np.flatnonzero(np.concatenate(([True], last[:-1])))
-    k = np.arange(c.size) - np.repeat(starts, np.diff(np.append(starts, c.size)))
+        return [np.zeros(0, np.int64) for _ in strings]
+    # each number is 5-bit groups, low first; bit 0x20 says "more follows", 0x10 of the last is the sign
+    ends = np.flatnonzero(c < 32)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    group = np.zeros(c.size, np.int64)
+    group[starts] = starts
+    np.maximum.accumulate(group, out=group)
+    k = np.arange(c.size) - group
     x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
-    ends = np.flatnonzero(last)
-    negative = (c[ends] & 0x10) != 0
-    x = x - np.where(negative, np.left_shift(1, 5 * (k[ends] + 1)), 0)
-    # numbers from the fourth on are deltas against the number two places back
-    out = x.copy()
-    if out.size > 3:
-        out[2::2] = np.cumsum(x[2::2])
-        out[1::2] = np.cumsum(x[1::2])
+    neg = np.flatnonzero(c[ends] & 0x10)
+    x[neg] -= np.left_shift(1, 5 * (k[ends[neg]] + 1))
+    bounds = np.searchsorted(ends, np.cumsum([0] + [len(s) for s in strings]))
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        runs = x[lo:hi].copy()
+        if runs.size > 3:  # from the fourth on, numbers are deltas against the number two places back
+            runs[2::2] = np.cumsum(runs[2::2])
+            runs[1::2] = np.cumsum(runs[1::2])
+        out.append(runs)
     return out
+
+
+_PARITY = np.zeros(0, dtype=bool)
+
+
+def paint_runs(flat: np.ndarray, runs: np.ndarray, value: int) -> None:
+    """Set value where the runs (0-run, 1-run, 0-run, ...) are ones; flat is column-major, length h*w."""
+    global _PARITY
+    if runs.size < 2:
+        return
+    inner = runs[1 : 2 * (runs.size // 2)]  # from the first 1-run to the last 1-run
+    if _PARITY.size < inner.size:
+        _PARITY = (np.arange(max(inner.size, 2 * _PARITY.size)) % 2) == 0
+    start = int(runs[0])
+    end = start + int(inner.sum())
+    np.copyto(flat[start:end], np.uint8(value), where=np.repeat(_PARITY[: inner.size], inner))
 
 
 def paint_rle(flat: np.ndarray, counts: bytes | str, value: int) -> None:
     """Set value where the RLE mask is 1; flat is the label in column-major order (length h*w)."""
-    runs = rle_counts(counts)
-    if runs.size < 2:
-        return
-    n_ones = runs.size // 2  # runs alternate 0,1,0,1,...; the last 1-run is runs[2 * n_ones - 1]
-    inner = runs[1 : 2 * n_ones]
-    start = int(runs[0])
-    end = start + int(inner.sum())
-    ones = np.repeat((np.arange(inner.size) % 2) == 0, inner)
-    np.copyto(flat[start:end], np.uint8(value), where=ones)
+    paint_runs(flat, rle_counts(counts), value)
 
 
 def presence(label: np.ndarray, classes: int) -> np.ndarray:
