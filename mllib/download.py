@@ -396,7 +396,7 @@ def extract_to_store(
 
             total_bytes = sum(m.compress_size for m in members)
             pbar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"extract {name}",
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, position=1, leave=False)  # below the download bar of the next zip
 
         def one(info: zipfile.ZipInfo, source: zipfile.ZipFile, base: str) -> None:
             key = f"{prefix}/{base}{info.filename}" if base else f"{prefix}/{info.filename}"
