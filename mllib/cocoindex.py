@@ -13,6 +13,7 @@ copy-on-read growth), and is written once to `<json key>.mllib-index.npz` so lat
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import time
@@ -123,7 +124,7 @@ class CocoIndex:
                 raise AnnotationError(f"{source}: annotation {a.get('id')} has no usable 'segmentation'")
         rle_off = np.zeros(len(rle_chunks) + 1, np.int64)
         np.cumsum([len(c) for c in rle_chunks], out=rle_off[1:])
-        flat = [x for poly in coords for x in poly]
+        flat = np.fromiter(itertools.chain.from_iterable(coords), dtype=np.float64, count=sum(poly_len))
         poly_start = np.zeros(len(poly_len) + 1, np.int64)
         np.cumsum(poly_len, out=poly_start[1:])
         meta = {"categories": d.get("categories", []), "version": INDEX_VERSION, "source": source}
@@ -131,7 +132,7 @@ class CocoIndex:
             image_id=image_id, height=height, width=width, name_off=name_off, names=names,
             ann_start=ann_start, ann_count=counts, ann_id=ann_id, category=category, iscrowd=iscrowd, area=area,
             kind=kind, seg_start=seg_start, seg_count=seg_count, poly_start=poly_start,
-            poly_len=np.array(poly_len, np.int32), coords=np.array(flat, np.float64),
+            poly_len=np.array(poly_len, np.int32), coords=flat,
             rle_off=rle_off, rle_h=np.array(rle_h, np.int32), rle_w=np.array(rle_w, np.int32),
             rle_bytes=np.frombuffer(b"".join(rle_chunks), np.uint8).copy(),
             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8).copy(),
