@@ -158,7 +158,36 @@ def generated_index(images: int, anns: int, coords: int = 24) -> CocoIndex:
     return CocoIndex(arrays, "generated")
 
 
-def index_memory(tmp: Path) -> None:
+def json_comparison(tmp: Path, idx: CocoIndex) -> None:
+    """The same generated annotations as a COCO JSON: first indexing (parse + cache) and pycocotools' COCO()."""
+    from pycocotools.coco import COCO
+
+    anns = []
+    for i in range(idx.images):
+        for a in idx.annotations(i):
+            seg = [np.round(p, 2).tolist() for p in idx.segmentation(a)]
+            anns.append({"id": int(idx.ann_id[a]), "image_id": int(idx.image_id[i]), "category_id": 1, "iscrowd": 0,
+                         "area": float(idx.area[a]), "bbox": [0, 0, 1, 1], "segmentation": seg})
+    d = {"images": [{"id": int(idx.image_id[i]), "file_name": idx.file_name(i), "height": 480, "width": 640}
+                    for i in range(idx.images)], "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+    path = tmp / "big.json"
+    path.write_text(json.dumps(d))
+    del d, anns
+    s = mstore.connect(tmp / "json")
+    s.put_file("a/instances.json", path)
+    print(f"as JSON: {path.stat().st_size / 1e6:.0f} MB")
+    t0 = time.perf_counter()
+    CocoIndex.load(s, "a/instances.json")
+    print(f"  first CocoIndex.load (parse, index, cache in the store): {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    CocoIndex.load(s, "a/instances.json")
+    print(f"  cached CocoIndex.load: {time.perf_counter() - t0:.2f} s")
+    t0 = time.perf_counter()
+    COCO(str(path))
+    print(f"  pycocotools COCO(): {time.perf_counter() - t0:.1f} s")
+
+
+def index_memory(tmp: Path, compare_json: bool = False) -> None:
     s = mstore.connect(tmp / "big")
     t0 = time.perf_counter()
     idx = generated_index(118_287, 860_001)
@@ -185,6 +214,8 @@ def index_memory(tmp: Path) -> None:
         print(f"worker {pid}: RSS {first[pid]:.0f} MB at start, {last[pid]:.0f} MB after the full pass: "
               f"growth {last[pid] - first[pid]:+.0f} MB (goal <= 50 MB)")
     print(f"full pass over the index with 2 workers: {time.perf_counter() - t0:.1f} s")
+    if compare_json:
+        json_comparison(tmp, idx)
 
 
 def main(argv=None) -> int:
@@ -192,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=str(DEFAULT_SHARED))
     ap.add_argument("--repeat", type=int, default=4)
     ap.add_argument("--no_full_index", action="store_true", help="skip the 118k-image index memory test")
+    ap.add_argument("--compare_json", action="store_true",
+                    help="also write that index as COCO JSON and time first indexing and pycocotools' COCO()")
     a = ap.parse_args(argv)
     shared = Path(a.shared)
     if not (shared / "coco-real").exists():
@@ -232,7 +265,7 @@ def main(argv=None) -> int:
         r2 = loader_rate(ds, 2)
         print(f"DataLoader: 1 worker {r1:.1f} samples/s, 2 workers {r2:.1f} samples/s: {r2 / r1:.2f}x (2 cores)")
         if not a.no_full_index:
-            index_memory(tmp)
+            index_memory(tmp, a.compare_json)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
