@@ -58,11 +58,19 @@ def parse_args(argv=None):
 
 
 def run(args) -> int:
+    import torch
+
     from mllib import train
 
     store = cli.open_store(args)
-    last = train.fit(args, store)
-    if last:
+    try:
+        last = train.fit(args, store)
+    finally:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if last and rank == 0:
         val = last.get("val") or {}
         print(f"{args.model_name}: epoch {last['epoch']}, step {last['step']}, loss {last['train_loss']:.4f}, "
               f"val mIoU {val.get('miou')}, {last['images_per_s']} images/s -> "
