@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from mllib import MllibError
-from mllib.store import PART_SIZE, Store, _run_all
+from mllib.store import PART_SIZE, Store, _run_all, etag_of_bytes
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,6 @@ def read_checksums(path: str | os.PathLike | None = None) -> dict[str, FileSpec]
 # ---------------------------------------------------------------------------------------------------------------
 # download
 # ---------------------------------------------------------------------------------------------------------------
-class _Retry(Exception):
-    pass
-
-
 @dataclass
 class Progress:
     """Bytes moved so far by the whole job, for the time estimate."""
@@ -353,13 +349,6 @@ def is_extracted(store: Store, prefix: str, zip_name: str) -> bool:
     return store.exists(manifest_key(prefix, zip_name))
 
 
-def _etag_of(data: bytes) -> str:
-    if len(data) <= PART_SIZE:
-        return hashlib.md5(data).hexdigest()
-    digests = [hashlib.md5(data[i : i + PART_SIZE]).digest() for i in range(0, len(data), PART_SIZE)]
-    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
-
-
 def extract_to_store(
     zip_path: str | os.PathLike,
     store: Store,
@@ -405,7 +394,7 @@ def extract_to_store(
             if info.file_size <= PART_SIZE * 4:
                 with source.open(info) as f:
                     data = f.read()  # zipfile checks the CRC at the end of the member
-                if have is not None and have.size == len(data) and store.checksum(have) == _etag_of(data):
+                if have is not None and have.size == len(data) and store.checksum(have) == etag_of_bytes(data):
                     skipped = True
                 else:
                     store.put_bytes(key, data)

@@ -116,6 +116,14 @@ def _clean_key(key: str) -> str:
     return key
 
 
+def etag_of_bytes(data: bytes, part_size: int = PART_SIZE) -> str:
+    """md5_file() of data in memory."""
+    if len(data) <= part_size:
+        return hashlib.md5(data).hexdigest()
+    digests = [hashlib.md5(data[i : i + part_size]).digest() for i in range(0, len(data), part_size)]
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
 def md5_file(path: str | os.PathLike, part_size: int = PART_SIZE) -> str:
     """The ETag S3 gives an object uploaded by this module: md5, or md5-of-part-md5s '-N' for multipart."""
     size = os.path.getsize(path)
@@ -153,7 +161,7 @@ class Store:
         """A streamed binary reader (read(n), close); use as a context manager."""
         raise NotImplementedError
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None, checksum: str | None = None) -> None:
+    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         raise NotImplementedError
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -172,7 +180,7 @@ class Store:
 
     # -- shared helpers ---------------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.put_stream(key, io.BytesIO(data), size=len(data), checksum=hashlib.md5(data).hexdigest())
+        self.put_stream(key, io.BytesIO(data), size=len(data))
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         with open(path, "rb") as f:
@@ -333,7 +341,7 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError):
             raise NotFound(f"{self.url_for(key)} does not exist") from None
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None, checksum: str | None = None) -> None:
+    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
@@ -587,7 +595,7 @@ class S3Store(Store):
         r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key))
         return r["Body"]
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None, checksum: str | None = None) -> None:
+    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         full = self._k(key)
         first = _read_full(stream, PART_SIZE)
         if len(first) < PART_SIZE:  # small object: one PUT, atomic by itself
