@@ -83,6 +83,10 @@ def run(main: Callable[[], int], prog: str | None = None) -> int:
     except MllibError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's side: disk full, permission denied, a missing local file
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"{name}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{name}: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
         return 130

@@ -140,7 +140,7 @@ class Mirror:
                     return self._send(h, 200, f"{md5}  {path.name}\n".encode())
                 return self._file(h, path, path.name, head)
         path = (self.root / u.path.lstrip("/")).resolve()
-        if not str(path).startswith(str(self.root)) or not path.is_file():
+        if not path.is_relative_to(self.root) or not path.is_file():
             return self._send(h, 404, b"not found")
         return self._file(h, path, path.name, head)
 
