@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from realcoco import DEFAULT_SHARED, put_repeated
+from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
 from mllib import classes, images, labels, tfrecord
 from mllib import store as mstore
@@ -99,8 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=4)
     a = ap.parse_args(argv)
     shared = Path(a.shared)
-    if not (shared / "coco-real").exists():
-        print(f"no real COCO sample at {shared / 'coco-real'}", file=sys.stderr)
+    if not require_sample(shared):
         return 2
     cv2.setNumThreads(1)
     items = load(shared) * a.repeat

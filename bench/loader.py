@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from realcoco import DEFAULT_SHARED, put_repeated
+from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
 from mllib import classes
 from mllib import store as mstore
@@ -227,8 +227,7 @@ def main(argv=None) -> int:
                     help="also write that index as COCO JSON and time first indexing and pycocotools' COCO()")
     a = ap.parse_args(argv)
     shared = Path(a.shared)
-    if not (shared / "coco-real").exists():
-        print(f"no real COCO sample at {shared / 'coco-real'}", file=sys.stderr)
+    if not require_sample(shared):
         return 2
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def require_sample(shared: Path) -> bool:
+    """True when the real COCO sample is there; else says so on stderr."""
+    if (shared / "coco-real").exists():
+        return True
+    print(f"no real COCO sample at {shared / 'coco-real'}", file=sys.stderr)
+    return False
 
 
 def put_repeated(store, shared: Path, copies: int) -> int:

@@ -28,11 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--base_url", default=cityscapes.BASE_URL, help="site or mirror")
     p.add_argument("--credentials_file", default=str(cityscapes.DEFAULT_CREDENTIALS),
                    help='JSON {"username", "password"}, mode 600; used when CITYSCAPES_USERNAME/PASSWORD are unset')
-    p.add_argument("--workdir", "-path", default="downloads", help="where zips are downloaded")
-    p.add_argument("--keep_zips", action="store_true", help="keep the zips after a verified extraction")
-    p.add_argument("--jobs", type=int, default=16, help="concurrent uploads into the store")
-    p.add_argument("--retries", type=int, default=8, help="retries per file on resets, timeouts and 5xx")
-    p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+    cli.add_download_args(p)
     cli.add_log_args(p)
     return p.parse_args(argv)
 
@@ -50,9 +46,7 @@ def run(args) -> int:
     cityscapes.login(session, args.base_url, user, password)
     specs = cityscapes.specs(session, args.base_url, packages)
     prefix = f"datasets/{args.dataset}"
-    job = download.Job(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips,
-                       session=session, bar=not args.no_progress, retries=args.retries)
-    summary = job.run()
+    summary = download.Job.from_args(specs, store, prefix, args, session=session).run()
     print(f"Cityscapes in {store.url_for(prefix)}")
     print(summary.line())
     return 0

@@ -55,17 +55,13 @@ def parse_args(argv=None):
         help="comma-separated file names to fetch (also unlabeled2017.zip, not fetched by default)",
     )
     p.add_argument("--base_url", default=BASE_URL, help="site or mirror serving /zips/... and /annotations/...")
-    p.add_argument("--workdir", "-path", default="downloads", help="where zips are downloaded (NAME.part while partial)")
-    p.add_argument("--keep_zips", action="store_true", help="keep the zips after a verified extraction")
     p.add_argument(
         "--checksums",
         default=None,
         help="checksum table for a mirror (columns url size sha256 md5; rows matched by file name); "
         "default: the official COCO 2017 table shipped with mllib",
     )
-    p.add_argument("--jobs", type=int, default=16, help="concurrent uploads into the store")
-    p.add_argument("--retries", type=int, default=8, help="retries per file on resets, timeouts and 5xx")
-    p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+    cli.add_download_args(p)
     cli.add_log_args(p)
     return p.parse_args(argv)
 
@@ -90,9 +86,7 @@ def run(args) -> int:
     specs = specs_for(names, args.base_url, args.checksums)
     store = cli.open_store(args)
     prefix = f"datasets/{args.dataset}"
-    job = download.Job(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips,
-                       bar=not args.no_progress, retries=args.retries)
-    summary = job.run()
+    summary = download.Job.from_args(specs, store, prefix, args).run()
     print(f"COCO in {store.url_for(prefix)}")
     print(summary.line())
     return 0

@@ -43,6 +43,16 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_download_args(p: argparse.ArgumentParser) -> None:
+    """Flags of a download job (getcoco.py, getcityscapes.py); mllib.download.Job.from_args reads them."""
+    g = p.add_argument_group("download")
+    g.add_argument("--workdir", "-path", default="downloads", help="where zips are downloaded (NAME.part while partial)")
+    g.add_argument("--keep_zips", action="store_true", help="keep the zips after a verified extraction")
+    g.add_argument("--jobs", type=int, default=16, help="concurrent uploads into the store")
+    g.add_argument("--retries", type=int, default=8, help="retries per file on resets, timeouts and 5xx")
+    g.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+
+
 def add_log_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO", help="logging level")
 

@@ -142,7 +142,6 @@ class CocoDataset(torch.utils.data.Dataset):
         self.skip_bad = skip_bad
         self.index = CocoIndex.load(self.store, dataset_desc)
         self.stuff = CocoIndex.load(self.store, stuff_desc) if stuff_desc else None
-        self._stuff_order = np.argsort(self.stuff.image_id) if self.stuff is not None else None
         self.renderer = Renderer(self.classes, crowd)
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -186,11 +185,7 @@ class CocoDataset(torch.utils.data.Dataset):
         if img.shape[:2] != (h, w):
             raise SampleError(f"image {self.store.url_for(key)} is {img.shape[0]}x{img.shape[1]}, "
                               f"the annotation file says {h}x{w}")
-        srow = None
-        if self.stuff is not None:
-            pos = np.searchsorted(self.stuff.image_id, self.index.image_id[i], sorter=self._stuff_order)
-            if pos < len(self._stuff_order) and self.stuff.image_id[self._stuff_order[pos]] == self.index.image_id[i]:
-                srow = int(self._stuff_order[pos])
+        srow = self.stuff.row_of(int(self.index.image_id[i])) if self.stuff is not None else None
         try:
             label = self.renderer.render(self.index, i, self.stuff, srow)
         except LabelError as e:

@@ -207,5 +207,15 @@ class CocoIndex:
         return {"size": [int(self.rle_h[r]), int(self.rle_w[r])],
                 "counts": bytes(self.rle_bytes[self.rle_off[r] : self.rle_off[r + 1]])}
 
+    def row_of(self, image_id: int) -> int | None:
+        """The row of an image id, or None (a sorted order is built once, on first use)."""
+        order = getattr(self, "_id_order", None)
+        if order is None:
+            order = self._id_order = np.argsort(self.image_id, kind="stable")
+        pos = int(np.searchsorted(self.image_id, image_id, sorter=order))
+        if pos < len(order) and self.image_id[order[pos]] == image_id:
+            return int(order[pos])
+        return None
+
     def category_ids(self) -> set[int]:
         return {int(c["id"]) for c in self.categories}

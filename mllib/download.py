@@ -367,7 +367,7 @@ def extract_to_store(
     prefix = prefix.strip("/")
     t0 = time.perf_counter()
     report = ExtractReport(name)
-    existing = {i.key: i for i in store.list(prefix + "/")}
+    existing: dict = {}
     members_out: list[dict] = []
     lock = threading.Lock()
     pbar = None
@@ -377,6 +377,9 @@ def extract_to_store(
         raise DownloadError(f"{name}: not a valid zip ({e})") from None
     with zf:
         members = check_members(zf, name)
+        # objects already there (an interrupted extraction): list only the folders this zip writes into
+        for top in sorted({m.filename.split("/", 1)[0] for m in members}):
+            existing.update((i.key, i) for i in store.list(f"{prefix}/{top}"))
         nested = [m for m in members if m.filename.lower().endswith(".zip")]
         plain = [m for m in members if not m.filename.lower().endswith(".zip")]
         report.members = len(members)
@@ -501,6 +504,12 @@ class Job:
         self.backoff = backoff
         self.progress = Progress()
         self._last_estimate = 0.0
+
+    @classmethod
+    def from_args(cls, specs: list[FileSpec], store: Store, prefix: str, args, session=None) -> Job:
+        """A job with the flags of mllib.cli.add_download_args."""
+        return cls(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips, session=session,
+                   bar=not args.no_progress, retries=args.retries)
 
     def estimate(self, remaining_download: int, remaining_extract: int) -> str | None:
         p = self.progress

@@ -116,30 +116,27 @@ def _clean_key(key: str) -> str:
     return key
 
 
-def etag_of_bytes(data: bytes, part_size: int = PART_SIZE) -> str:
-    """md5_file() of data in memory."""
-    if len(data) <= part_size:
-        return hashlib.md5(data).hexdigest()
-    digests = [hashlib.md5(data[i : i + part_size]).digest() for i in range(0, len(data), part_size)]
+def _etag(parts: Iterable[bytes], multipart: bool) -> str:
+    """The ETag S3 gives an object uploaded by this module: md5, or md5-of-part-md5s '-N' for multipart."""
+    if not multipart:
+        h = hashlib.md5()
+        for p in parts:
+            h.update(p)
+        return h.hexdigest()
+    digests = [hashlib.md5(p).digest() for p in parts]
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
+def etag_of_bytes(data: bytes, part_size: int = PART_SIZE) -> str:
+    """md5_file() of data in memory."""
+    return _etag((data[i : i + part_size] for i in range(0, max(len(data), 1), part_size)), len(data) > part_size)
+
+
 def md5_file(path: str | os.PathLike, part_size: int = PART_SIZE) -> str:
-    """The ETag S3 gives an object uploaded by this module: md5, or md5-of-part-md5s '-N' for multipart."""
+    """The ETag this module's upload of the file gets (see _etag)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        if size <= part_size:
-            h = hashlib.md5()
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-            return h.hexdigest()
-        digests = []
-        while True:
-            part = f.read(part_size)
-            if not part:
-                break
-            digests.append(hashlib.md5(part).digest())
-        return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+        return _etag(iter(lambda: f.read(part_size), b""), size > part_size)
 
 
 class Store:

@@ -105,7 +105,7 @@ class Worker:
         self.crowd = crowd
         self.skip_bad = skip_bad
         self._things: dict[int, CocoIndex] = {}
-        self._stuff: dict[int, tuple[CocoIndex, np.ndarray]] = {}
+        self._stuff: dict[int, CocoIndex] = {}
         self._renderers: dict[int, labels.Renderer] = {}
         self._cs_lists: dict[int, list[str]] = {}
 
@@ -119,14 +119,12 @@ class Worker:
             self._things[k] = CocoIndex.load(self.store, self.entries[k].key(self.entries[k].jsonpath))
         return self._things[k]
 
-    def stuff(self, k: int):
+    def stuff(self, k: int) -> CocoIndex | None:
         e = self.entries[k]
         if not e.stuffpath:
             return None
         if k not in self._stuff:
-            idx = CocoIndex.load(self.store, e.key(e.stuffpath))
-            order = np.argsort(idx.image_id)
-            self._stuff[k] = (idx, order)
+            self._stuff[k] = CocoIndex.load(self.store, e.key(e.stuffpath))
         return self._stuff[k]
 
     def renderer(self, k: int) -> labels.Renderer:
@@ -181,13 +179,8 @@ class Worker:
                         f"{where}: image is {h}x{w} but the annotation file says {idx.size(row)[0]}x{idx.size(row)[1]}"
                     )
                 st = self.stuff(k)
-                srow = None
-                if st is not None:
-                    sidx, order = st
-                    pos = np.searchsorted(sidx.image_id, idx.image_id[row], sorter=order)
-                    if pos < len(order) and sidx.image_id[order[pos]] == idx.image_id[row]:
-                        srow = int(order[pos])
-                label = self.renderer(k).render(idx, row, st[0] if st else None, srow, where)
+                srow = st.row_of(int(idx.image_id[row])) if st is not None else None
+                label = self.renderer(k).render(idx, row, st, srow, where)
         except NotFound:
             return None, None, {"key": lab_key, "reason": "label image missing from the store"}
         except (labels.LabelError, images.ImageError) as err:
@@ -311,14 +304,12 @@ class Conversion:
             plan[set_name] = tasks
         return plan
 
-    def _done(self, task: dict) -> dict | None:
-        try:
-            stats = json.loads(self.store.get_bytes(task["stats_key"]))
-        except NotFound:
+    def _done(self, task: dict, sizes: dict[str, int]) -> dict | None:
+        """The stats of a shard already written by this same configuration, else None."""
+        if task["stats_key"] not in sizes or task["key"] not in sizes:
             return None
-        if stats.get("config") != task["config"] or not self.store.exists(task["key"]):
-            return None
-        if self.store.size(task["key"]) != stats.get("bytes"):
+        stats = json.loads(self.store.get_bytes(task["stats_key"]))
+        if stats.get("config") != task["config"] or sizes[task["key"]] != stats.get("bytes"):
             return None
         return stats
 
@@ -331,8 +322,9 @@ class Conversion:
         tasks = [t for ts in plan.values() for t in ts]
         results: dict[str, dict] = {}
         todo = []
+        sizes = {i.key: i.size for i in self.store.list(self.prefix + "/")}
         for t in tasks:
-            s = self._done(t)
+            s = self._done(t, sizes)
             if s is not None:
                 results[t["key"]] = s
             else:
