@@ -3,7 +3,7 @@
     python3 bench/getcoco.py [--images 1500] [--kb 160] [--rate_mb 20]
 
 Builds COCO-layout zips (JPEG-sized incompressible members, like real JPEGs) served by `python3 -m
-mllib.mirror` in its own process, throttled to --rate_mb MB/s per connection (an internet link; 0 = as fast as
+mllib.testing.mirror` in its own process, throttled to --rate_mb MB/s per connection (an internet link; 0 = as fast as
 loopback goes), starts SeaweedFS, then in one run measures
   1. the download alone (fetch + verify of every zip), and
   2. the whole job (datasets/getcoco.py's Job: download, verify, extract into the S3 server),
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mllib import download
 from mllib import store as mstore
-from mllib.seaweed import SeaweedS3, free_port
+from mllib.testing.seaweed import SeaweedS3, free_port
 
 
 def build_site(root: Path, images: int, kb: int) -> list[download.FileSpec]:
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         print(f"{len(specs)} zips, {total / 1e6:.0f} MB, {a.images} images; mirror at "
               f"{a.rate_mb or 'unthrottled'} MB/s")
         port = free_port()
-        cmd = [sys.executable, "-m", "mllib.mirror", str(tmp / "site"), "--port", str(port)]
+        cmd = [sys.executable, "-m", "mllib.testing.mirror", str(tmp / "site"), "--port", str(port)]
         if a.rate_mb:
             cmd += ["--rate", str(int(a.rate_mb * 1e6))]
         mirror = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

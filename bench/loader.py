@@ -32,8 +32,9 @@ from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
 from mllib import classes
 from mllib import store as mstore
-from mllib.cocodataset import CocoDataset, affine
-from mllib.cocoindex import CocoIndex
+from mllib.augment import affine
+from mllib.cocodataset import CocoDataset
+from mllib.cocoindex import INDEX_VERSION, CocoIndex
 
 
 def rss_mb() -> float:
@@ -144,7 +145,8 @@ def generated_index(images: int, anns: int, coords: int = 24) -> CocoIndex:
     names = [f"{i:012d}.jpg".encode() for i in range(images)]
     name_off = np.zeros(images + 1, np.int64)
     name_off[1:] = np.cumsum([len(b) for b in names])
-    meta = json.dumps({"categories": [{"id": 1, "name": "person"}], "version": 1, "source": "generated"}).encode()
+    meta = json.dumps({"categories": [{"id": 1, "name": "person"}], "version": INDEX_VERSION,
+                       "source": "generated"}).encode()
     arrays = dict(
         image_id=np.arange(images, dtype=np.int64), height=np.full(images, 480, np.int32),
         width=np.full(images, 640, np.int32), name_off=name_off, names=np.frombuffer(b"".join(names), np.uint8).copy(),
@@ -195,6 +197,7 @@ def index_memory(tmp: Path, compare_json: bool = False) -> None:
     s.put_bytes(key, b"{}")
     meta = json.loads(bytes(idx.meta).decode())
     meta["json_size"] = 2
+    meta["json_checksum"] = s.checksum(next(i for i in s.list(key) if i.key == key))
     idx.meta = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
     s.put_bytes(key + ".mllib-index.npz", idx.to_bytes())
     print(f"generated index: 118,287 images, 860,001 annotations, "

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from mllib import store as mstore
-from mllib.seaweed import SeaweedS3
+from mllib.testing.seaweed import SeaweedS3
 
 
 def make_files(root: Path, n: int, kb: int) -> int:

@@ -3,6 +3,7 @@ extracted dataset in an object store.
 
     python3 datasets/getcoco.py --store s3://coco
     python3 datasets/getcoco.py --files val2017.zip,annotations_trainval2017.zip    # a subset
+    python3 datasets/getcoco.py --unpinned     # also the stuff annotations (md5 only) and unlabeled image info
 
 prints a progress bar per file (bytes, rate, ETA), an estimate of the time left for the whole job, and ends with
 
@@ -24,20 +25,21 @@ from mllib import MllibError, cli, download
 
 log = logging.getLogger("getcoco")
 
-BASE_URL = "http://images.cocodataset.org"
+BASE_URL = "https://images.cocodataset.org"
 # Download order: a zip is extracted while the next ones download, so the zips with the most objects per
-# downloaded byte (stuff and panoptic PNGs: ~123k objects each in ~1 GB) come first, while the big image zips
-# are still to download, and the last ones are zips of a few files, whose extraction adds little at the end.
+# downloaded byte (panoptic PNGs: ~123k objects in ~0.9 GB) come first, while the big image zips are still to
+# download, and the last ones are zips of a few files, whose extraction adds little at the end.
+# The default set is the files whose size and sha256 are pinned in mllib/datasets/coco2017-checksums.tsv.
 COCO_FILES = [
-    "stuff_annotations_trainval2017.zip",
     "panoptic_annotations_trainval2017.zip",
     "train2017.zip",
     "test2017.zip",
     "val2017.zip",
     "annotations_trainval2017.zip",
     "image_info_test2017.zip",
-    "image_info_unlabeled2017.zip",
 ]
+# Official files without a published size and sha256: only on request (--files or --unpinned), with a warning.
+UNPINNED_FILES = ["stuff_annotations_trainval2017.zip", "image_info_unlabeled2017.zip"]
 IMAGE_ZIPS = {"train2017.zip", "val2017.zip", "test2017.zip", "unlabeled2017.zip"}
 
 
@@ -52,8 +54,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--files",
         default=",".join(COCO_FILES),
-        help="comma-separated file names to fetch (also unlabeled2017.zip, not fetched by default)",
+        help="comma-separated file names to fetch (also unlabeled2017.zip, stuff_annotations_trainval2017.zip and "
+        "image_info_unlabeled2017.zip, not fetched by default)",
     )
+    p.add_argument("--unpinned", action="store_true",
+                   help="also fetch the official files with no published size + sha256: "
+                   + ", ".join(UNPINNED_FILES) + " (stuff is checked by its md5 only)")
     p.add_argument("--base_url", default=BASE_URL, help="site or mirror serving /zips/... and /annotations/...")
     p.add_argument(
         "--checksums",
@@ -76,13 +82,19 @@ def specs_for(names: list[str], base_url: str, checksums: str | None) -> list[do
             raise MllibError(f"unknown COCO file {name!r}; known: {', '.join(sorted(known))}")
         row = table.get(name) or download.FileSpec(name, "")
         if row.size is None and row.sha256 is None and row.md5 is None:
-            log.warning("%s: no size or checksum known; only the zip's own CRCs will be checked", name)
+            log.warning("%s: UNVERIFIED: no size or checksum known; only the zip's own CRCs will be checked", name)
+        elif row.size is None or row.sha256 is None:
+            log.warning("%s: not pinned (no published %s); verified by %s only", name,
+                        " and ".join(k for k, v in (("size", row.size), ("sha256", row.sha256)) if v is None),
+                        ", ".join(k for k, v in (("size", row.size), ("sha256", row.sha256), ("md5", row.md5)) if v))
         out.append(download.FileSpec(name, base_url.rstrip("/") + url_path(name), row.size, row.sha256, row.md5))
     return out
 
 
 def run(args) -> int:
     names = [n.strip() for n in args.files.split(",") if n.strip()]
+    if args.unpinned:
+        names += [n for n in UNPINNED_FILES if n not in names]
     specs = specs_for(names, args.base_url, args.checksums)
     store = cli.open_store(args)
     prefix = f"datasets/{args.dataset}"

@@ -11,12 +11,13 @@ import getpass
 import json
 import logging
 import os
+import re
 import stat
 import sys
 from pathlib import Path
 
 from mllib import MllibError
-from mllib.download import FileSpec
+from mllib.download import FileSpec, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,13 @@ def login(session, base_url: str, username: str, password: str) -> None:
         r = session.post(url, data={"username": username, "password": password, "submit": "Login"},
                          allow_redirects=False, timeout=60)
     except requests.RequestException as e:
-        raise CityscapesError(f"cannot reach {base_url} to log in ({type(e).__name__})") from None
+        raise CityscapesError(f"cannot reach {safe_url(base_url)} to log in ({type(e).__name__})") from None
     if r.status_code != 302:
         raise CityscapesError(
-            f"Cityscapes login at {base_url} failed (HTTP {r.status_code}, no redirect): wrong username or password? "
+            f"Cityscapes login at {safe_url(base_url)} failed (HTTP {r.status_code}, no redirect): wrong username or password? "
             "Check CITYSCAPES_USERNAME / CITYSCAPES_PASSWORD or the credentials file"
         )
-    log.info("logged in to %s", base_url)
+    log.info("logged in to %s", safe_url(base_url))
 
 
 def package_list(session, base_url: str) -> list[dict]:
@@ -84,12 +85,38 @@ def package_list(session, base_url: str) -> list[dict]:
         rows = r.json()
         assert isinstance(rows, list)
     except (ValueError, AssertionError):
-        raise CityscapesError(f"{base_url}: the package list is not JSON (HTTP {r.status_code}); not logged in?") from None
+        raise CityscapesError(f"{safe_url(base_url)}: the package list is not JSON (HTTP {r.status_code}); "
+                              "not logged in?") from None
     return rows
 
 
 def _size(v) -> int | None:
     return v if isinstance(v, int) else int(v) if isinstance(v, str) and v.isdigit() else None
+
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def package_name(row: dict, base_url: str) -> str:
+    """The package's file name from the site's list: a plain file name, or a clear error (it becomes a path)."""
+    name = row.get("name")
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or "\0" in name or name.startswith(".") or len(name.encode()) > 255:
+        raise CityscapesError(f"{safe_url(base_url)}: package {row.get('packageID')} has an unsafe file name "
+                              f"{str(name)[:80]!r}; refusing to write it")
+    return name
+
+
+def package_md5(session, base: str, pid: int) -> str | None:
+    """The published md5 of a package: 32 hex digits, None if the site publishes none (HTTP 404), else an error."""
+    r = session.get(f"{base}/md5-sum/?packageID={pid}", timeout=60)
+    if r.status_code == 404:
+        return None
+    words = r.text.split() if r.status_code == 200 else []
+    if not words or not _MD5.fullmatch(words[0].lower()):
+        raise CityscapesError(f"{safe_url(base)}: the md5 of package {pid} is not 32 hex digits (HTTP "
+                              f"{r.status_code}, {r.text[:40]!r}...); not logged in, or not the Cityscapes site?")
+    return words[0].lower()
 
 
 def specs(session, base_url: str, packages: list[int]) -> list[FileSpec]:
@@ -100,11 +127,10 @@ def specs(session, base_url: str, packages: list[int]) -> list[FileSpec]:
     for pid in packages:
         if pid not in rows:
             have = ", ".join(f"{k} {v.get('name')}" for k, v in sorted(rows.items()))
-            raise CityscapesError(f"package {pid} is not on {base_url}; available: {have}")
-        r = session.get(f"{base}/md5-sum/?packageID={pid}", timeout=60)
-        md5 = r.text.split()[0].lower() if r.status_code == 200 and r.text.split() else None
+            raise CityscapesError(f"package {pid} is not on {safe_url(base_url)}; available: {have}")
+        name = package_name(rows[pid], base_url)
+        md5 = package_md5(session, base, pid)
         if md5 is None:
             log.warning("package %s: no md5 published; only the zip's CRCs will be checked", pid)
-        out.append(FileSpec(str(rows[pid]["name"]), f"{base}/file-handling/?packageID={pid}",
-                            _size(rows[pid].get("size")), None, md5))
+        out.append(FileSpec(name, f"{base}/file-handling/?packageID={pid}", _size(rows[pid].get("size")), None, md5))
     return out

@@ -100,3 +100,25 @@ def run(main: Callable[[], int], prog: str | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an input nobody foresaw: one line, the traceback in a file
+        path = _write_traceback(name)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{name}: internal error: {type(e).__name__}: {first} (full traceback: {path})", file=sys.stderr)
+        return 1
+
+
+def _write_traceback(name: str) -> str:
+    """Write the current exception's traceback to a private file; returns its path (or why it could not)."""
+    import tempfile
+    import time
+    import traceback
+
+    text = traceback.format_exc()
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"mllib-{name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                    suffix=".traceback.txt")  # mode 0600
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    except OSError as e:
+        return f"not written: {e.strerror}"

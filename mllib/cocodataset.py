@@ -23,8 +23,8 @@ or `CocoDataset.from_store("s3://coco", split="val2017", height=512, width=512)`
 from __future__ import annotations
 
 import logging
-import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 
 from mllib import MllibError, classes, images
 from mllib import store as mstore
+from mllib.augment import Augment, channels, chw_uint8, warp
 from mllib.cocoindex import CocoIndex
 from mllib.labels import LabelError, Renderer, presence
 
@@ -45,10 +46,14 @@ class SampleError(MllibError):
 _malloc_tuned_pid = None
 
 
-def _keep_freed_memory() -> None:
-    """Each sample allocates a few MB of fresh arrays (float image, int64 label). glibc hands freed blocks of that
-    size back to the kernel and the next sample page-faults them in again (measured: ~1,800 faults and ~5 ms of
-    system time per 512x512 sample). Keep them in the heap instead: once per process, Linux/glibc only."""
+def keep_freed_memory() -> None:
+    """Tune glibc's malloc in this process so freed sample-sized blocks stay in the heap (Linux/glibc only).
+
+    Each float32 sample allocates a few MB of fresh arrays; glibc hands blocks of that size back to the kernel and
+    the next sample page-faults them in again (measured: ~1,800 faults and ~5 ms of system time per 512x512
+    float32 sample). Up to 256 MB of freed heap may then stay with the process. It changes the whole process, so it
+    is never done implicitly: pass `worker_init_fn` (below) to the DataLoader, or call it yourself.
+    """
     global _malloc_tuned_pid
     if _malloc_tuned_pid == os.getpid():
         return
@@ -63,32 +68,75 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader(worker_init_fn=...) for CocoDataset / RecordsDataset workers: malloc tuned in the worker only."""
+    keep_freed_memory()
+
+
 def _open_store(s3, bucket):
     s = s3 if isinstance(s3, mstore.Store) else mstore.connect(s3)
-    if bucket:
-        if isinstance(s, mstore.S3Store):
-            if bucket != s.bucket:
-                s = mstore.S3Store(f"s3://{bucket}" + (f"/{s.prefix}" if s.prefix else ""),
-                                   endpoint_url=s.endpoint_url, verify=s.verify)
-        else:  # a local store: the bucket is a folder below its root
-            s = mstore.LocalStore(s.root / bucket)
-    return s
+    return s.with_bucket(bucket) if bucket else s
 
 
-def affine(src_hw, out_hw, *, scale=1.0, angle=0.0, flip_x=False, flip_y=False, shift=(0.0, 0.0)) -> np.ndarray:
-    """2x3 matrix mapping source pixels to output pixels: flip, scale and rotate about the source center, then put
-    that center at the output center + shift (x, y)."""
-    h, w = src_hw
-    oh, ow = out_hw
-    to_origin = np.array([[1, 0, -(w - 1) / 2], [0, 1, -(h - 1) / 2], [0, 0, 1]], np.float64)
-    flip = np.diag([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0, 1.0])
-    a = math.radians(angle)
-    rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]]) * [[scale], [scale], [1]]
-    back = np.array([[1, 0, (ow - 1) / 2 + shift[0]], [0, 1, (oh - 1) / 2 + shift[1]], [0, 0, 1]], np.float64)
-    return (back @ rot @ flip @ to_origin)[:2]
+def output_spec(astype, normalize):
+    """(numpy dtype, mode, fixed (mean, std) or None) from the seed-compatible astype/normalize arguments."""
+    if normalize is True:
+        normalize = "image"
+    elif normalize is False or normalize is None:
+        normalize = "none"
+    fixed = None
+    if isinstance(normalize, str):
+        if normalize not in ("image", "none"):
+            raise MllibError("normalize must be 'image' (or True), 'none' (or False) or (mean, std) per channel")
+        mode = normalize
+    else:
+        mean, std = normalize
+        fixed = (np.asarray(mean, np.float64), np.asarray(std, np.float64))
+        mode = "fixed"
+    dtype = np.dtype(astype)
+    if dtype == np.uint8 and mode != "none":
+        raise MllibError("astype='uint8' needs normalize='none' (normalize on the GPU: mllib.gpu.BatchPrep)")
+    return dtype, mode, fixed
+
+
+def to_output(img, lab, m, out_hw, ignore, dtype, mode, fixed, label_dtype):
+    """Warp (or place) and convert one sample: (C x H x W image of dtype, label, mean, std) as numpy arrays."""
+    c = channels(img)
+    if fixed is not None:
+        mean, std = fixed
+    elif mode == "image":
+        mu, sd = cv2.meanStdDev(img)
+        mean, std = mu.ravel()[:c], np.maximum(sd.ravel()[:c], 1e-6)
+    else:
+        mean, std = np.zeros(c), np.ones(c)
+    border = 0
+    if mode != "none":
+        border = float(mean[0]) if img.ndim == 2 else tuple(float(v) for v in mean)
+    out, lab = warp(img, lab, m, out_hw, ignore, border)
+    if dtype == np.uint8:  # compact path: no arithmetic, planes copied into C x H x W
+        chw = chw_uint8(out)
+    else:
+        planes = cv2.split(out)[:c] if out.ndim == 3 else [out]  # contiguous channel planes, in RGB order
+        scale = 1.0 / np.asarray(std, np.float64)[:c]
+        shift = -np.asarray(mean, np.float64)[:c] * scale
+        chw = np.empty((c, out_hw[0], out_hw[1]), dtype)
+        for k, plane in enumerate(planes):  # (x - mean) / std, written straight into the C x H x W output
+            np.multiply(plane, dtype.type(scale[k]), out=chw[k], casting="unsafe")
+            chw[k] += dtype.type(shift[k])
+    if lab.dtype != label_dtype:
+        lab = lab.astype(label_dtype)
+    return chw, lab, np.asarray(mean, np.float32)[:c], np.asarray(std, np.float32)[:c]
 
 
 class CocoDataset(torch.utils.data.Dataset):
+    """COCO images + rendered labels from the store, augmented, as (image, label, mean, std) tensors.
+
+    Seed-compatible defaults: float32 C x H x W normalized per image, int64 label. The compact form for training
+    (`astype="uint8", normalize="none", label_dtype="uint8"`) sends 1/5 of the bytes to the main process and
+    leaves the float conversion and normalization to the GPU (mllib.gpu.BatchPrep). A batch's images are fetched
+    concurrently (`fetch_threads` per worker, through `__getitems__`), so a store's latency overlaps the work.
+    """
+
     def __init__(
         self,
         s3=None,
@@ -114,6 +162,11 @@ class CocoDataset(torch.utils.data.Dataset):
         skip_bad: bool = False,
         seed: int | None = None,
         name_decoration: str = "",
+        image_transform=None,
+        label_transform=None,
+        label_dtype: str = "int64",
+        fetch_threads: int = 16,
+        augment: Augment | None = None,
     ):
         self.store = _open_store(s3 if s3 is not None else mstore.default_url(), bucket)
         self.dataset_desc = dataset_desc
@@ -122,23 +175,11 @@ class CocoDataset(torch.utils.data.Dataset):
         self.classes = classes.load(class_dictionary)
         self.height, self.width = int(height), int(width)
         self.imflags = imflags
-        self.astype = np.dtype(astype)
-        self.enable_transform = enable_transform
-        self.flipX, self.flipY = flipX, flipY
-        self.rotate, self.scale_min, self.scale_max, self.offset = rotate, scale_min, scale_max, offset
-        if scale_min <= 0 or scale_max < scale_min:
-            raise MllibError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
-        if isinstance(normalize, str):
-            if normalize not in ("image", "none"):
-                raise MllibError("normalize must be 'image', 'none' or (mean, std) per channel")
-            self.fixed = None
-        else:
-            mean, std = normalize
-            self.fixed = (np.asarray(mean, np.float64), np.asarray(std, np.float64))
-        self.normalize = normalize if isinstance(normalize, str) else "fixed"
-        if resize not in ("crop", "fit"):
-            raise MllibError("resize must be 'crop' (center crop/pad) or 'fit' (resize keeping aspect, then pad)")
-        self.resize = resize
+        self.augment = augment or Augment(enable_transform, flipX, flipY, rotate, scale_min, scale_max, offset, resize)
+        self.astype, self.normalize, self.fixed = output_spec(astype, normalize)
+        self.label_dtype = np.dtype(label_dtype)
+        self.image_transform, self.label_transform = image_transform, label_transform
+        self.fetch_threads = max(1, int(fetch_threads))
         self.skip_bad = skip_bad
         self.index = CocoIndex.load(self.store, dataset_desc)
         self.stuff = CocoIndex.load(self.store, stuff_desc) if stuff_desc else None
@@ -146,6 +187,19 @@ class CocoDataset(torch.utils.data.Dataset):
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._bad = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._pool, self._pool_pid = None, None
+
+    # the seed's attribute names for the augmentation parameters
+    enable_transform = property(lambda self: self.augment.enable)
+    rotate = property(lambda self: self.augment.rotate)
+    scale_min = property(lambda self: self.augment.scale_min)
+    scale_max = property(lambda self: self.augment.scale_max)
+    resize = property(lambda self: self.augment.resize)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_pool=None, _pool_pid=None)
+        return state
 
     @classmethod
     def from_store(cls, url, split: str = "train2017", classes="coco", dataset: str = "coco", stuff: bool = False,
@@ -169,21 +223,26 @@ class CocoDataset(torch.utils.data.Dataset):
     def image_key(self, i: int) -> str:
         return f"{self.image_paths}/{self.name_decoration}{self.index.file_name(i)}"
 
-    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image as decoded with imflags: RGB HxWx3 or gray HxW, label uint8 HxW) at full resolution."""
+    def fetch(self, i: int) -> bytes:
         key = self.image_key(i)
         try:
-            data = self.store.get_bytes(key)
+            return self.store.get_bytes(key)
         except mstore.NotFound:
             raise SampleError(f"image {self.store.url_for(key)} is missing from the store") from None
+
+    def raw(self, i: int, data: bytes | None = None, rgba: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(image as decoded with imflags: RGB HxWx3 (RGBA with rgba=True) or gray HxW, label uint8 HxW) at full
+        resolution."""
+        if data is None:
+            data = self.fetch(i)
         try:
             images.info(data)
-            img = images.decode(data, self.imflags)
+            img = images.decode(data, self.imflags, rgba=rgba)
         except images.ImageError as e:
-            raise SampleError(f"image {self.store.url_for(key)} is corrupt: {e}") from None
+            raise SampleError(f"image {self.store.url_for(self.image_key(i))} is corrupt: {e}") from None
         h, w = self.index.size(i)
         if img.shape[:2] != (h, w):
-            raise SampleError(f"image {self.store.url_for(key)} is {img.shape[0]}x{img.shape[1]}, "
+            raise SampleError(f"image {self.store.url_for(self.image_key(i))} is {img.shape[0]}x{img.shape[1]}, "
                               f"the annotation file says {h}x{w}")
         srow = self.stuff.row_of(int(self.index.image_id[i])) if self.stuff is not None else None
         try:
@@ -193,57 +252,23 @@ class CocoDataset(torch.utils.data.Dataset):
         return img, label
 
     # -- augmentation -----------------------------------------------------------------------------------------
-    def matrix(self, i: int, hw: tuple[int, int]) -> np.ndarray:
-        h, w = hw
-        out = (self.height, self.width)
-        if not self.enable_transform:
-            s = min(self.height / h, self.width / w) if self.resize == "fit" else 1.0
-            return affine(hw, out, scale=s)
-        rng = np.random.default_rng([self.seed, int(self._epoch[0]), i])
-        fx = bool(self.flipX and rng.random() < 0.5)
-        fy = bool(self.flipY and rng.random() < 0.5)
-        angle = float(rng.uniform(-self.rotate, self.rotate)) if self.rotate else 0.0
-        s = float(rng.uniform(self.scale_min, self.scale_max))
-        # extent of the scaled, rotated image; a random crop inside it where it is larger than the output
-        a = math.radians(angle)
-        ew = s * (abs(w * math.cos(a)) + abs(h * math.sin(a)))
-        eh = s * (abs(w * math.sin(a)) + abs(h * math.cos(a)))
-        sx = rng.uniform(-1, 1) * max(0.0, (ew - self.width) / 2) + rng.uniform(-1, 1) * self.offset * self.width
-        sy = rng.uniform(-1, 1) * max(0.0, (eh - self.height) / 2) + rng.uniform(-1, 1) * self.offset * self.height
-        return affine(hw, out, scale=s, angle=angle, flip_x=fx, flip_y=fy, shift=(sx, sy))
+    def matrix(self, i: int, hw: tuple[int, int]) -> np.ndarray | None:
+        """Sample i's warp for the current epoch (None: an exact center crop/pad)."""
+        return self.augment.matrix(hw, (self.height, self.width), (self.seed, int(self._epoch[0]), i))
 
     def transform(self, i: int, img: np.ndarray, label: np.ndarray):
-        m = self.matrix(i, label.shape)
-        if self.fixed is not None:
-            mean, std = self.fixed
-        elif self.normalize == "image":
-            mu, sd = cv2.meanStdDev(img)
-            mean, std = mu.ravel(), np.maximum(sd.ravel(), 1e-6)
-        else:
-            mean, std = np.zeros(1 if img.ndim == 2 else 3), np.ones(1 if img.ndim == 2 else 3)
-        border = tuple(float(v) for v in mean) if self.normalize != "none" else 0
-        size = (self.width, self.height)
-        out = cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-        lab = cv2.warpAffine(label, m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=self.classes.ignore)
-        planes = cv2.split(out) if out.ndim == 3 else [out]  # contiguous channel planes, in RGB order
-        c = len(planes)
-        scale = 1.0 / np.asarray(std, np.float64)[:c]
-        shift = -np.asarray(mean, np.float64)[:c] * scale
-        chw = np.empty((c, self.height, self.width), self.astype)
-        for k, plane in enumerate(planes):  # (x - mean) / std, written straight into the C x H x W output
-            np.multiply(plane, self.astype.type(scale[k]), out=chw[k], casting="unsafe")
-            chw[k] += self.astype.type(shift[k])
-        return chw, lab, np.asarray(mean, np.float32)[:c], np.asarray(std, np.float32)[:c]
+        return to_output(img, label, self.matrix(i, label.shape), (self.height, self.width), self.classes.ignore,
+                         self.astype, self.normalize, self.fixed, self.label_dtype)
 
-    def __getitem__(self, i: int):
-        _keep_freed_memory()
-        i = int(i)
+    # -- samples ----------------------------------------------------------------------------------------------
+    def _sample(self, i: int, first=None):
+        """Sample i; `first` is a future holding the bytes of image i (already being fetched), or None."""
         n = len(self)
         for attempt in range(min(n, 100)):
             j = (i + attempt) % n
             try:
-                img, label = self.raw(j)
+                data = first.result() if attempt == 0 and first is not None else None
+                img, label = self.raw(j, data, rgba=True)  # RGBA warps 2.5x faster, same RGB values
                 break
             except SampleError as e:
                 if not self.skip_bad:
@@ -253,8 +278,36 @@ class CocoDataset(torch.utils.data.Dataset):
         else:
             raise SampleError(f"no good sample found from index {i} on (skip_bad gave up after 100 tries)")
         chw, lab, mean, std = self.transform(i, img, label)
-        return (torch.from_numpy(chw), torch.from_numpy(lab.astype(np.int64)), torch.from_numpy(mean),
-                torch.from_numpy(std))
+        image, label_t = torch.from_numpy(chw), torch.from_numpy(lab)
+        if self.image_transform is not None:
+            image = self.image_transform(image)
+        if self.label_transform is not None:
+            label_t = self.label_transform(label_t)
+        return image, label_t, torch.from_numpy(mean), torch.from_numpy(std)
+
+    def __getitem__(self, i: int):
+        return self._sample(int(i))
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_pid != os.getpid():  # one pool per process (DataLoader workers fork)
+            self._pool = ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="mllib-fetch")
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def __getitems__(self, indices):
+        """A batch (DataLoader calls this with a batch's indices): all images fetched at once by a thread pool,
+        each sample decoded and warped as soon as its bytes are in, so a store's latency overlaps the work."""
+        indices = [int(i) for i in indices]
+        if self.fetch_threads <= 1 or len(indices) <= 1:
+            return [self._sample(i) for i in indices]
+        pool = self._thread_pool()
+        n = len(self)
+        futures = [pool.submit(self.fetch, i % n) for i in indices]
+        try:
+            return [self._sample(i, f) for i, f in zip(indices, futures, strict=True)]
+        finally:
+            for f in futures:
+                f.cancel()
 
 
 class CocoStore:

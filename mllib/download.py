@@ -32,7 +32,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from mllib import MllibError
-from mllib.store import PART_SIZE, Store, _run_all, etag_of_bytes
+from mllib.fsutil import commit
+from mllib.store import PART_SIZE, Cancelled, NotFound, Store, etag_of_bytes, run_all
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,23 @@ def _human_seconds(s: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s % 60:02d}s"
 
 
+def safe_url(url: str) -> str:
+    """A URL for messages and logs: no user:password@ and no query string (download links may carry tokens)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        u = urlsplit(url)
+        host = u.hostname or ""
+        if u.port:
+            host = f"{host}:{u.port}"
+        return urlunsplit((u.scheme, host, u.path, "", ""))
+    except ValueError:
+        return url.split("?", 1)[0].rsplit("@", 1)[-1]
+
+
+_safe_url = safe_url
+
+
 def fetch(
     spec: FileSpec,
     workdir: str | os.PathLike,
@@ -138,161 +156,248 @@ def fetch(
         return final
     session = session or requests.Session()
     for attempt in (1, 2):
-        part, hashes = _download(spec, workdir / (spec.name + ".part"), session, retries, backoff, timeout, progress,
-                                 bar, on_chunk)
-        problem = _verify(spec, part, hashes)
+        t = _Transfer(spec, workdir / (spec.name + ".part"), session, retries, backoff, timeout, progress, bar,
+                      on_chunk)
+        hashes = t.run()
+        problem = _verify(spec, t.part, hashes)
         if problem is None:
-            os.replace(part, final)
+            with open(t.part, "rb+") as f:
+                os.fsync(f.fileno())
+            commit(t.part, final)
             return final
-        part.unlink(missing_ok=True)
+        t.part.unlink(missing_ok=True)
         if attempt == 1:
             log.warning("%s failed verification (%s); deleted it, downloading once more", spec.name, problem)
         else:
             raise DownloadError(
-                f"{spec.name} from {_safe_url(spec.url)} failed verification twice ({problem}); the file was deleted "
+                f"{spec.name} from {safe_url(spec.url)} failed verification twice ({problem}); the file was deleted "
                 "and nothing from it was stored. The server's copy may be corrupt: try again later or another mirror"
             )
     raise AssertionError("unreachable")
 
 
-def _safe_url(url: str) -> str:
-    """A URL for messages: no query string (download links may carry tokens)."""
-    return url.split("?", 1)[0]
-
-
-def _hash_file(path: Path, hashers) -> None:
+def _hash_file(path: Path, hashers, limit: int | None = None) -> None:
+    left = limit
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
+        while left is None or left > 0:
+            chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                break
             for h in hashers:
                 h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
 
 
-def _download(spec, part: Path, session, retries, backoff, timeout, progress, bar, on_chunk) -> Path:
-    import requests
+class _Retry(Exception):
+    """A failed request: counted, backed off, retried (at most `retries` times in a row)."""
 
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    have = part.stat().st_size if part.exists() else 0
-    if have and spec.size is not None and have > spec.size:
-        part.unlink()
-        have = 0
-    if have:
-        _hash_file(part, (sha, md5))  # hash what is there once, then keep hashing what is appended
-    total = spec.size
-    pbar = None
-    failures = 0
-    try:
-        while True:
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            try:
-                r = session.get(spec.url, headers=headers, stream=True, timeout=timeout, allow_redirects=True)
-            except (requests.ConnectionError, requests.Timeout) as e:
-                failures = _backoff(spec, failures, retries, backoff, f"{type(e).__name__}")
-                continue
-            with r:
-                if r.status_code in (429, 500, 502, 503, 504):
-                    failures = _backoff(spec, failures, retries, backoff, f"HTTP {r.status_code}")
-                    continue
-                if r.status_code == 416 and have:
-                    # nothing more to send: the part is complete if it has the expected size
-                    if spec.size is None or have == spec.size:
-                        return part, (sha.hexdigest(), md5.hexdigest())
-                    log.warning("%s: server refused the resume range; restarting from zero", spec.name)
-                    part.unlink()
-                    have, sha, md5 = 0, hashlib.sha256(), hashlib.md5()
-                    continue
-                if r.status_code in (401, 403):
-                    raise DownloadError(f"{spec.name}: {_safe_url(spec.url)} answered HTTP {r.status_code} (not allowed)")
-                if r.status_code == 404:
-                    raise DownloadError(f"{spec.name}: {_safe_url(spec.url)} not found (HTTP 404); check --base_url")
-                if r.status_code not in (200, 206):
-                    raise DownloadError(f"{spec.name}: {_safe_url(spec.url)} answered HTTP {r.status_code}")
-                mode = "ab"
-                if r.status_code == 206:
-                    cr = r.headers.get("Content-Range", "")
-                    start, length = _parse_content_range(cr)
-                    if start != have:
-                        log.warning("%s: resume answered with range %r, not from byte %d; restarting", spec.name, cr, have)
-                        mode, have, sha, md5 = "wb", 0, hashlib.sha256(), hashlib.md5()
-                        r.close()
-                        part.unlink(missing_ok=True)
-                        continue
-                    if length is not None:
-                        total = length
-                else:  # 200: the whole file from byte 0, never appended
-                    if have:
-                        log.info("%s: server ignored the Range request; restarting from zero", spec.name)
-                    mode, have, sha, md5 = "wb", 0, hashlib.sha256(), hashlib.md5()
-                    cl = r.headers.get("Content-Length")
-                    if cl and cl.isdigit():
-                        total = int(cl)
-                if spec.size is not None and total is not None and total != spec.size:
-                    raise DownloadError(
-                        f"{spec.name}: server reports {total:,d} bytes, expected {spec.size:,d}; wrong file or mirror"
-                    )
-                if bar and pbar is None:
-                    from tqdm import tqdm
 
-                    pbar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                                desc=spec.name, dynamic_ncols=True, miniters=1)
-                elif pbar is not None:
-                    pbar.reset(total=total)
-                    pbar.update(have)
+class _Transfer:
+    """One download into a .part file: resume with Range, and never lose bytes already there unless the server
+    proves them wrong (a full answer to a Range request is compared with them first)."""
+
+    def __init__(self, spec, part: Path, session, retries, backoff, timeout, progress, bar, on_chunk):
+        self.spec, self.part, self.session = spec, part, session
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.progress, self.bar, self.on_chunk = progress, bar, on_chunk
+        self.failures = 0
+        self.pbar = None
+        self.ranged = True  # ask with Range; off after a 416 whose size does not match the part
+        self.have = part.stat().st_size if part.exists() else 0
+        if self.have and spec.size is not None and self.have > spec.size:
+            part.unlink()
+            self.have = 0
+        self.sha, self.md5 = hashlib.sha256(), hashlib.md5()
+        if self.have:
+            _hash_file(part, (self.sha, self.md5))  # hash what is there once, then keep hashing what is appended
+        self.total = spec.size
+
+    def run(self) -> tuple[str, str]:
+        try:
+            while True:
                 try:
-                    with open(part, mode) as f:
-                        t0 = time.perf_counter()
-                        for chunk in r.iter_content(NET_CHUNK):
-                            if not chunk:
-                                continue
-                            f.write(chunk)
-                            sha.update(chunk)
-                            md5.update(chunk)
-                            have += len(chunk)
-                            if pbar is not None:
-                                pbar.update(len(chunk))
-                            if progress is not None:
-                                now = time.perf_counter()
-                                progress.downloaded += len(chunk)
-                                progress.download_seconds += now - t0
-                                t0 = now
-                            if on_chunk:
-                                on_chunk(len(chunk))
-                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-                    failures = _backoff(spec, failures, retries, backoff, f"{type(e).__name__} at byte {have:,d}")
+                    if self._attempt():
+                        return self.sha.hexdigest(), self.md5.hexdigest()
+                except _Retry as e:
+                    self._backoff(str(e))
+        finally:
+            if self.pbar is not None:
+                self.pbar.close()
+
+    def _backoff(self, why: str) -> None:
+        self.failures += 1
+        if self.failures > self.retries:
+            raise DownloadError(
+                f"{self.spec.name}: giving up after {self.retries} retries ({why}) from {safe_url(self.spec.url)}; "
+                "re-run the same command to resume where it stopped"
+            )
+        delay = min(30.0, self.backoff * 2 ** (self.failures - 1))
+        log.warning("%s: %s; retry %d/%d in %.1f s", self.spec.name, why, self.failures, self.retries, delay)
+        time.sleep(delay)
+
+    def _attempt(self) -> bool:
+        """One request; True when the file is complete."""
+        import requests
+
+        asked = self.have if self.ranged else 0
+        headers = {"Range": f"bytes={asked}-"} if asked else {}
+        try:
+            r = self.session.get(self.spec.url, headers=headers, stream=True, timeout=self.timeout,
+                                 allow_redirects=True)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise _Retry(type(e).__name__) from None
+        with r:
+            start, limit = self._check_status(r, asked)
+            if start is None:
+                return True  # 416 on a complete part
+            try:
+                self._receive(r, start, limit)
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                raise _Retry(f"{type(e).__name__} at byte {self.have:,d}") from None
+        if self.total is not None and self.have < self.total:
+            raise _Retry(f"connection closed at byte {self.have:,d}")
+        self.failures = 0
+        return True
+
+    def _check_status(self, r, asked: int) -> tuple[int | None, int | None]:
+        """(first byte of the body, end of the body (exclusive) or None); (None, None) when the part is complete."""
+        name, url = self.spec.name, safe_url(self.spec.url)
+        code = r.status_code
+        if code in (429, 500, 502, 503, 504):
+            raise _Retry(f"HTTP {code}")
+        if code == 416 and asked:
+            return self._on_416(r)
+        if code in (401, 403):
+            raise DownloadError(f"{name}: {url} answered HTTP {code} (not allowed)")
+        if code == 404:
+            raise DownloadError(f"{name}: {url} not found (HTTP 404); check --base_url")
+        if code not in (200, 206):
+            raise DownloadError(f"{name}: {url} answered HTTP {code}")
+        if code == 206:
+            cr = r.headers.get("Content-Range", "")
+            start, end, total = _parse_content_range(cr)
+            if start is None:
+                raise _Retry(f"HTTP 206 without a valid Content-Range ({cr[:60]!r})")
+            if start != asked:
+                raise _Retry(f"HTTP 206 for bytes from {start:,d}, asked from {asked:,d}")
+            self._set_total(total)
+            return start, end + 1
+        cl = r.headers.get("Content-Length")  # 200: the whole file from byte 0
+        self._set_total(int(cl) if cl and cl.isdigit() else None)
+        if self.have:
+            log.info("%s: the server sent the whole file; comparing it with the %s bytes already here", name,
+                     f"{self.have:,d}")
+        return 0, self.total
+
+    def _set_total(self, total: int | None) -> None:
+        if total is None:
+            return
+        if self.spec.size is not None and total != self.spec.size:
+            raise DownloadError(f"{self.spec.name}: server reports {total:,d} bytes, expected {self.spec.size:,d}; "
+                                "wrong file or mirror")
+        self.total = total
+
+    def _on_416(self, r) -> tuple[int | None, int | None]:
+        """The server has nothing from byte `have` on: the part is complete only if its size is the file's."""
+        _, _, remote = _parse_content_range(r.headers.get("Content-Range", ""))
+        size = self.spec.size if self.spec.size is not None else remote
+        if size is not None and self.have == size:
+            return None, None
+        if self.ranged:  # a part of unknown or wrong length: ask for the whole file and compare
+            log.warning("%s: the server has no bytes from %s on (its size: %s); comparing with a full download",
+                        self.spec.name, f"{self.have:,d}", "unknown" if size is None else f"{size:,d}")
+            self.ranged = False
+            raise _Retry("HTTP 416 on resume")
+        raise DownloadError(f"{self.spec.name}: {safe_url(self.spec.url)} answered HTTP 416 to a request "
+                            "without Range")
+
+    def _receive(self, r, start: int, limit: int | None) -> None:
+        """Write the body from byte `start`; bytes already in the part are compared, not rewritten."""
+        self._bar()
+        pos = start
+        f = open(self.part, "r+b" if self.part.exists() else "wb")
+        try:
+            f.seek(pos)
+            t0 = time.perf_counter()
+            for chunk in r.iter_content(NET_CHUNK):
+                if not chunk:
                     continue
-                if total is not None and have < total:
-                    failures = _backoff(spec, failures, retries, backoff, f"connection closed at byte {have:,d}")
-                    continue
-                failures = 0
-                break
-    finally:
-        if pbar is not None:
-            pbar.close()
-    # hashes computed while writing, so verification does not read the file again
-    return part, (sha.hexdigest(), md5.hexdigest())
+                if limit is not None and pos + len(chunk) > limit:
+                    raise _Retry(f"body longer than announced ({limit - start:,d} bytes)")
+                if pos < self.have:  # overlap with what is here: must be the same bytes
+                    n = min(len(chunk), self.have - pos)
+                    if f.read(n) != chunk[:n]:
+                        self._restart_at(f, pos)
+                        f.seek(pos)
+                    else:
+                        pos += n
+                        chunk = chunk[n:]
+                        if not chunk:
+                            continue
+                f.write(chunk)
+                self.sha.update(chunk)
+                self.md5.update(chunk)
+                pos += len(chunk)
+                self.have = pos
+                self._count(len(chunk), t0)
+                t0 = time.perf_counter()
+            if pos < self.have:  # the whole file is shorter than the part: the part's tail is not the file's
+                log.warning("%s: the file is %s bytes, the part was longer; truncated", self.spec.name, f"{pos:,d}")
+                self._restart_at(f, pos)
+        finally:
+            f.close()
+
+    def _restart_at(self, f, pos: int) -> None:
+        """The part differs from the server's file from byte pos: keep what matched, drop the rest."""
+        log.warning("%s: the bytes here differ from the server's from byte %s on; keeping the %s that match",
+                    self.spec.name, f"{pos:,d}", f"{pos:,d}")
+        f.truncate(pos)
+        f.flush()
+        self.have = pos
+        self.sha, self.md5 = hashlib.sha256(), hashlib.md5()
+        _hash_file(self.part, (self.sha, self.md5), limit=pos)
+        if self.pbar is not None:
+            self.pbar.reset(total=self.total)
+            self.pbar.update(pos)
+
+    def _bar(self) -> None:
+        if self.bar and self.pbar is None:
+            from tqdm import tqdm
+
+            self.pbar = tqdm(total=self.total, initial=self.have, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=self.spec.name, dynamic_ncols=True, miniters=1)
+        elif self.pbar is not None:
+            self.pbar.reset(total=self.total)
+            self.pbar.update(self.have)
+
+    def _count(self, n: int, t0: float) -> None:
+        if self.pbar is not None:
+            self.pbar.update(n)
+        if self.progress is not None:
+            self.progress.downloaded += n
+            self.progress.download_seconds += time.perf_counter() - t0
+        if self.on_chunk:
+            self.on_chunk(n)
 
 
-def _parse_content_range(cr: str) -> tuple[int | None, int | None]:
-    # "bytes 100-199/1000"
+def _parse_content_range(cr: str) -> tuple[int | None, int | None, int | None]:
+    """'bytes 100-199/1000' -> (100, 199, 1000); 'bytes */1000' -> (None, None, 1000); total None for '*'."""
     try:
-        unit, rest = cr.split(" ", 1)
+        unit, rest = cr.strip().split(" ", 1)
         rng, total = rest.split("/", 1)
-        start = int(rng.split("-", 1)[0])
-        return start, (None if total.strip() == "*" else int(total))
+        size = None if total.strip() == "*" else int(total)
+        if unit.lower() != "bytes" or (size is not None and size < 0):
+            return None, None, None
+        if rng.strip() == "*":
+            return None, None, size
+        a, b = rng.split("-", 1)
+        start, end = int(a), int(b)
+        if start < 0 or end < start or (size is not None and end >= size):
+            return None, None, None
+        return start, end, size
     except (ValueError, AttributeError):
-        return None, None
-
-
-def _backoff(spec: FileSpec, failures: int, retries: int, backoff: float, why: str) -> int:
-    failures += 1
-    if failures > retries:
-        raise DownloadError(
-            f"{spec.name}: giving up after {retries} retries ({why}) from {_safe_url(spec.url)}; "
-            "re-run the same command to resume where it stopped"
-        )
-    delay = min(30.0, backoff * 2 ** (failures - 1))
-    log.warning("%s: %s; retry %d/%d in %.1f s", spec.name, why, failures, retries, delay)
-    time.sleep(delay)
-    return failures
+        return None, None, None
 
 
 def _verify(spec: FileSpec, path: Path, hashes: tuple[str, str]) -> str | None:
@@ -311,21 +416,46 @@ def _verify(spec: FileSpec, path: Path, hashes: tuple[str, str]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # extraction
 # ---------------------------------------------------------------------------------------------------------------
-def check_members(zf: zipfile.ZipFile, zip_name: str) -> list[zipfile.ZipInfo]:
-    """The file members of a zip, after refusing unsafe names and links."""
-    out = []
+MAX_TOTAL_BYTES = 256 * 1024**3  # a zip that would unpack to more than this is refused (COCO's largest: ~20 GB)
+MAX_RATIO = 200  # nor one whose member (over 1 MiB) unpacks to more than this many times its compressed size
+MAX_KEY_BYTES = 1024  # S3's key limit
+MAX_NAME_BYTES = 255  # one path component, as local filesystems allow
+
+
+def check_members(zf: zipfile.ZipFile, zip_name: str, max_total: int = MAX_TOTAL_BYTES,
+                  max_ratio: float = MAX_RATIO) -> list[zipfile.ZipInfo]:
+    """The file members of a zip, after refusing, before anything is stored: absolute paths, '..', '.', empty
+    components ('a//b'), links, names too long for S3 or a local filesystem, duplicate names, members under
+    .manifests/, and zip bombs (total size or one member's compression ratio over the caps)."""
+    out, seen, total = [], set(), 0
     for info in zf.infolist():
         name = info.filename
         p = PurePosixPath(name.replace("\\", "/"))
         mode = info.external_attr >> 16
         if name.startswith(("/", "\\")) or p.is_absolute() or (len(name) > 1 and name[1] == ":"):
             raise DownloadError(f"{zip_name}: refusing member with an absolute path: {name!r}")
-        if ".." in p.parts:
+        parts = name.replace("\\", "/").rstrip("/").split("/")
+        if ".." in parts:
             raise DownloadError(f"{zip_name}: refusing member that escapes the folder: {name!r}")
         if stat.S_ISLNK(mode):
             raise DownloadError(f"{zip_name}: refusing symbolic link member: {name!r}")
         if name.endswith("/") or info.is_dir():
             continue
+        if any(c in ("", ".") for c in parts):
+            raise DownloadError(f"{zip_name}: refusing member with an empty or '.' path component: {name!r}")
+        if parts[0] == MANIFESTS:
+            raise DownloadError(f"{zip_name}: refusing member under {MANIFESTS}/ (where manifests live): {name!r}")
+        if len(name.encode()) > MAX_KEY_BYTES or any(len(c.encode()) > MAX_NAME_BYTES for c in parts):
+            raise DownloadError(f"{zip_name}: member name too long for the store: {name[:80]!r}...")
+        if name in seen:
+            raise DownloadError(f"{zip_name}: member {name!r} appears twice")
+        seen.add(name)
+        total += info.file_size
+        if total > max_total:
+            raise DownloadError(f"{zip_name}: unpacks to more than {max_total / 1e9:,.0f} GB (a zip bomb?)")
+        if info.file_size > 1 << 20 and info.file_size > max_ratio * max(1, info.compress_size):
+            raise DownloadError(f"{zip_name}: member {name!r} unpacks {info.file_size / max(1, info.compress_size):,.0f}"
+                                f" times its compressed size (over {max_ratio:g}: a zip bomb?)")
         out.append(info)
     return out
 
@@ -345,8 +475,174 @@ def manifest_key(prefix: str, zip_name: str) -> str:
     return f"{prefix}/{MANIFESTS}/{zip_name}.json"
 
 
-def is_extracted(store: Store, prefix: str, zip_name: str) -> bool:
-    return store.exists(manifest_key(prefix, zip_name))
+def read_manifest(store: Store, prefix: str, zip_name: str) -> dict | None:
+    try:
+        m = json.loads(store.get_bytes(manifest_key(prefix, zip_name)))
+    except NotFound:
+        return None
+    except ValueError:
+        log.warning("%s: its manifest is not valid JSON; extracting again", zip_name)
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def is_extracted(store: Store, prefix: str, zip_name: str, spec: FileSpec | None = None) -> bool:
+    """A manifest for this zip exists and describes this very zip: its name, and the size / sha256 / md5 that
+    spec knows (a manifest is never trusted by its name alone when the zip's digests are known)."""
+    m = read_manifest(store, prefix, zip_name)
+    if m is None or m.get("zip") != zip_name:
+        return False
+    if spec is not None:
+        for field_, want in (("size", spec.size), ("sha256", spec.sha256), ("md5", spec.md5)):
+            if want is not None and m.get(field_) != want:
+                log.warning("%s: the manifest in the store describes another file (%s %s, expected %s); extracting "
+                            "again", zip_name, field_, m.get(field_), want)
+                return False
+    return True
+
+
+def owned_keys(store: Store, prefix: str, zip_name: str) -> dict[str, tuple[str, int, str]]:
+    """key -> (the zip whose manifest lists it, size, crc), for every other zip extracted into prefix."""
+    owners: dict[str, tuple[str, int, str]] = {}
+    for info in store.list(f"{prefix}/{MANIFESTS}/"):
+        other = info.key.rsplit("/", 1)[-1][: -len(".json")] if info.key.endswith(".json") else None
+        if not other or other == zip_name:
+            continue
+        m = read_manifest(store, prefix, other) or {}
+        for member in m.get("members", ()):
+            if "key" in member:
+                owners[member["key"]] = (other, member.get("size"), member.get("crc"))
+    return owners
+
+
+class _Cancellable:
+    """A member stream that stops (Cancelled) once the job is cancelled: a multipart upload then aborts."""
+
+    def __init__(self, f, cancel: threading.Event | None):
+        self.f, self.cancel = f, cancel
+
+    def read(self, n: int = -1) -> bytes:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("interrupted")
+        return self.f.read(n)
+
+
+class _Extraction:
+    """One zip into the store: its members (checked up front), then its nested zips, then the manifest."""
+
+    def __init__(self, zip_path: Path, store: Store, prefix: str, name: str, jobs: int, workdir, progress, bar,
+                 cancel):
+        self.zip_path, self.store, self.prefix, self.name = zip_path, store, prefix, name
+        self.jobs, self.workdir, self.progress, self.bar, self.cancel = jobs, workdir, progress, bar, cancel
+        self.report = ExtractReport(name)
+        self.existing: dict = {}
+        self.members_out: list[dict] = []
+        self.lock = threading.Lock()
+        self.pbar = None
+        self.owners: dict[str, tuple[str, int, str]] = {}
+
+    def key(self, base: str, info: zipfile.ZipInfo) -> str:
+        return f"{self.prefix}/{base}{info.filename}"
+
+    def check_owners(self, members, base: str, where: str) -> None:
+        for m in members:
+            owner = self.owners.get(self.key(base, m))
+            if owner is not None and (owner[1], owner[2]) != (m.file_size, f"{m.CRC:08x}"):
+                raise DownloadError(f"{where}: member {m.filename!r} would replace {self.key(base, m)}, which "
+                                    f"{owner[0]} stored with other content; refusing (a zip may only write its own "
+                                    "objects, or the very same bytes)")
+
+    def one(self, info: zipfile.ZipInfo, source: zipfile.ZipFile, base: str) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("interrupted")
+        key = self.key(base, info)
+        t = time.perf_counter()
+        have = self.existing.get(key)
+        skipped = False
+        if info.file_size <= PART_SIZE * 4:
+            with source.open(info) as f:
+                data = f.read()  # zipfile checks the CRC at the end of the member
+            if have is not None and have.size == len(data) and self.store.checksum(have) == etag_of_bytes(data):
+                skipped = True
+            else:
+                self.store.put_bytes(key, data)
+        else:  # large member (e.g. instances_train2017.json): stream it, multipart on S3
+            with source.open(info) as f:
+                self.store.put_stream(key, _Cancellable(f, self.cancel), size=info.file_size)
+        with self.lock:
+            self.members_out.append({"key": key, "size": info.file_size, "crc": f"{info.CRC:08x}"})
+            self.report.skipped += skipped
+            self.report.stored += not skipped
+            self.report.bytes += 0 if skipped else info.file_size
+            if self.progress is not None:
+                self.progress.extracted += info.compress_size
+                self.progress.extract_seconds += time.perf_counter() - t
+            if self.pbar is not None:
+                self.pbar.update(info.compress_size)
+
+    def nested(self, zf: zipfile.ZipFile, inner: zipfile.ZipInfo) -> None:
+        base = str(PurePosixPath(inner.filename).parent)
+        base = "" if base == "." else base + "/"
+        tmp = Path(self.workdir or self.zip_path.parent) / f".{PurePosixPath(inner.filename).name}.nested-{os.getpid()}"
+        try:
+            with zf.open(inner) as src, open(tmp, "wb") as dst:
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    dst.write(chunk)
+            with zipfile.ZipFile(tmp) as izf:
+                where = f"{self.name}:{inner.filename}"
+                members = check_members(izf, where)
+                self.check_owners(members, base, where)
+                self.report.members += len(members)
+                if self.pbar is not None:
+                    self.pbar.total += sum(m.compress_size for m in members)
+                    self.pbar.refresh()
+                run_all(lambda m: self.one(m, izf, base), members, self.jobs, self.cancel)
+            self.members_out.append({"nested_zip": inner.filename, "size": inner.file_size, "crc": f"{inner.CRC:08x}"})
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def run(self, zip_info: dict | None) -> ExtractReport:
+        t0 = time.perf_counter()
+        try:
+            zf = zipfile.ZipFile(self.zip_path)
+        except zipfile.BadZipFile as e:
+            raise DownloadError(f"{self.name}: not a valid zip ({e})") from None
+        with zf:
+            members = check_members(zf, self.name)
+            self.owners = owned_keys(self.store, self.prefix, self.name)
+            nested = [m for m in members if m.filename.lower().endswith(".zip")]
+            plain = [m for m in members if not m.filename.lower().endswith(".zip")]
+            self.check_owners(plain, "", self.name)
+            # objects already there (an interrupted extraction): list only the folders this zip writes into
+            for top in sorted({m.filename.split("/", 1)[0] for m in members}):
+                self.existing.update((i.key, i) for i in self.store.list(f"{self.prefix}/{top}"))
+            self.report.members = len(members)
+            if self.bar:
+                from tqdm import tqdm
+
+                self.pbar = tqdm(total=sum(m.compress_size for m in members), unit="B", unit_scale=True,
+                                 unit_divisor=1024, desc=f"extract {self.name}", dynamic_ncols=True, position=1,
+                                 leave=False)  # below the download bar of the next zip
+            try:
+                run_all(lambda m: self.one(m, zf, ""), plain, self.jobs, self.cancel)
+                for inner in nested:
+                    self.nested(zf, inner)
+            finally:
+                if self.pbar is not None:
+                    self.pbar.close()
+        return self.finish(zip_info, t0)
+
+    def finish(self, zip_info: dict | None, t0: float) -> ExtractReport:
+        out = sorted(self.members_out, key=lambda m: m.get("key") or m.get("nested_zip"))
+        self.report.seconds = time.perf_counter() - t0
+        self.report.manifest = {
+            "zip": self.name, **(zip_info or {}), "members": out,
+            "objects": sum(1 for m in out if "key" in m), "bytes": sum(m["size"] for m in out if "key" in m),
+            "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        # written last: its presence means every member is in the store
+        self.store.put_bytes(manifest_key(self.prefix, self.name), json.dumps(self.report.manifest, indent=1).encode())
+        return self.report
 
 
 def extract_to_store(
@@ -360,100 +656,13 @@ def extract_to_store(
     bar: bool = True,
     manifest_name: str | None = None,
     zip_info: dict | None = None,
+    cancel: threading.Event | None = None,
 ) -> ExtractReport:
-    """Stream every member of a zip into store under prefix/<member path>; nested zips are extracted in place."""
+    """Stream every member of a zip into store under prefix/<member path>; nested zips are extracted in place.
+    Setting `cancel` stops it within seconds: pending uploads are cancelled, a multipart upload is aborted."""
     zip_path = Path(zip_path)
     name = manifest_name or zip_path.name
-    prefix = prefix.strip("/")
-    t0 = time.perf_counter()
-    report = ExtractReport(name)
-    existing: dict = {}
-    members_out: list[dict] = []
-    lock = threading.Lock()
-    pbar = None
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as e:
-        raise DownloadError(f"{name}: not a valid zip ({e})") from None
-    with zf:
-        members = check_members(zf, name)
-        # objects already there (an interrupted extraction): list only the folders this zip writes into
-        for top in sorted({m.filename.split("/", 1)[0] for m in members}):
-            existing.update((i.key, i) for i in store.list(f"{prefix}/{top}"))
-        nested = [m for m in members if m.filename.lower().endswith(".zip")]
-        plain = [m for m in members if not m.filename.lower().endswith(".zip")]
-        report.members = len(members)
-        if bar:
-            from tqdm import tqdm
-
-            total_bytes = sum(m.compress_size for m in members)
-            pbar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"extract {name}",
-                        dynamic_ncols=True, position=1, leave=False)  # below the download bar of the next zip
-
-        def one(info: zipfile.ZipInfo, source: zipfile.ZipFile, base: str) -> None:
-            key = f"{prefix}/{base}{info.filename}" if base else f"{prefix}/{info.filename}"
-            t = time.perf_counter()
-            have = existing.get(key)
-            if info.file_size <= PART_SIZE * 4:
-                with source.open(info) as f:
-                    data = f.read()  # zipfile checks the CRC at the end of the member
-                if have is not None and have.size == len(data) and store.checksum(have) == etag_of_bytes(data):
-                    skipped = True
-                else:
-                    store.put_bytes(key, data)
-                    skipped = False
-            else:  # large member (e.g. instances_train2017.json): stream it, multipart on S3
-                with source.open(info) as f:
-                    store.put_stream(key, f, size=info.file_size)
-                skipped = False
-            with lock:
-                members_out.append({"key": key, "size": info.file_size, "crc": f"{info.CRC:08x}"})
-                if skipped:
-                    report.skipped += 1
-                else:
-                    report.stored += 1
-                    report.bytes += info.file_size
-                if progress is not None:
-                    progress.extracted += info.compress_size
-                    progress.extract_seconds += time.perf_counter() - t
-                if pbar is not None:
-                    pbar.update(info.compress_size)
-
-        _run_all(lambda m: one(m, zf, ""), plain, jobs)
-        for inner in nested:
-            base = str(PurePosixPath(inner.filename).parent)
-            base = "" if base == "." else base + "/"
-            tmpdir = Path(workdir or zip_path.parent)
-            tmp = tmpdir / f".{PurePosixPath(inner.filename).name}.nested-{os.getpid()}"
-            try:
-                with zf.open(inner) as src, open(tmp, "wb") as dst:
-                    for chunk in iter(lambda: src.read(CHUNK), b""):
-                        dst.write(chunk)
-                with zipfile.ZipFile(tmp) as izf:
-                    inner_members = check_members(izf, f"{name}:{inner.filename}")
-                    report.members += len(inner_members)
-                    if pbar is not None:
-                        pbar.total += sum(m.compress_size for m in inner_members)
-                        pbar.refresh()
-                    _run_all(lambda m, izf=izf, base=base: one(m, izf, base), inner_members, jobs)
-                members_out.append({"nested_zip": inner.filename, "size": inner.file_size, "crc": f"{inner.CRC:08x}"})
-            finally:
-                tmp.unlink(missing_ok=True)
-    if pbar is not None:
-        pbar.close()
-    members_out.sort(key=lambda m: m.get("key") or m.get("nested_zip"))
-    report.seconds = time.perf_counter() - t0
-    report.manifest = {
-        "zip": name,
-        **(zip_info or {}),
-        "members": members_out,
-        "objects": sum(1 for m in members_out if "key" in m),
-        "bytes": sum(m["size"] for m in members_out if "key" in m),
-        "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    # written last: its presence means every member is in the store
-    store.put_bytes(manifest_key(prefix, name), json.dumps(report.manifest, indent=1).encode())
-    return report
+    return _Extraction(zip_path, store, prefix.strip("/"), name, jobs, workdir, progress, bar, cancel).run(zip_info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -533,64 +742,79 @@ class Job:
         summary = JobSummary(files=len(self.specs), url=self.store.url_for(self.prefix))
         todo = []
         for spec in self.specs:
-            if is_extracted(self.store, self.prefix, spec.name):
+            if is_extracted(self.store, self.prefix, spec.name, spec):
                 log.info("%s already extracted into %s, skipping", spec.name, self.store.url_for(self.prefix))
                 summary.skipped_files += 1
             else:
                 todo.append(spec)
-        sizes = {s.name: s.size or 0 for s in todo}
-        remaining_dl = [sum(sizes.values())]
-        remaining_ex = [sum(sizes.values())]
-        q: queue.Queue = queue.Queue(maxsize=1)
-        errors: list[BaseException] = []
-
-        def extractor():
-            while (item := q.get()) is not None:
-                if errors:
-                    continue  # keep consuming so the downloader never blocks
-                spec, path = item
-                try:
-                    r = extract_to_store(path, self.store, self.prefix, jobs=self.jobs, workdir=self.workdir,
-                                         progress=self.progress, bar=self.bar,
-                                         zip_info={"size": path.stat().st_size, "sha256": spec.sha256, "md5": spec.md5})
-                    summary.objects += r.stored
-                    remaining_ex[0] -= sizes.get(spec.name, 0)
-                    log.info("%s: %d objects stored, %d already there, %.1f s", spec.name, r.stored, r.skipped,
-                             r.seconds)
-                    if not self.keep_zips:
-                        path.unlink(missing_ok=True)
-                except BaseException as e:  # noqa: BLE001 - handed to the main thread
-                    errors.append(e)
-
-        th = threading.Thread(target=extractor, name="extract", daemon=True)
+        self._sizes = {s.name: s.size or 0 for s in todo}
+        self._remaining = [sum(self._sizes.values()), sum(self._sizes.values())]  # to download, to extract
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._errors: list[BaseException] = []
+        self._cancel = threading.Event()
+        th = threading.Thread(target=self._extractor, args=(summary,), name="extract", daemon=True)
         th.start()
-
-        def tick(n):
-            remaining_dl[0] -= n
-            now = time.perf_counter()
-            if now - self._last_estimate > 30:
-                self._last_estimate = now
-                msg = self.estimate(max(0, remaining_dl[0]), max(0, remaining_ex[0]))
-                if msg:
-                    log.info(msg)
-
         try:
             for spec in todo:
-                if errors:
+                if self._errors:
                     break
                 path = fetch(spec, self.workdir, session=self.session, progress=self.progress, bar=self.bar,
-                             on_chunk=tick, retries=self.retries, backoff=self.backoff)
+                             on_chunk=self._tick, retries=self.retries, backoff=self.backoff)
                 summary.downloaded_bytes += path.stat().st_size
-                msg = self.estimate(max(0, remaining_dl[0]), max(0, remaining_ex[0]))
+                msg = self.estimate(max(0, self._remaining[0]), max(0, self._remaining[1]))
                 if msg:
                     log.info(msg)
-                q.put((spec, path))  # waits while the previous zip is still being extracted
+                self._put((spec, path))  # waits while the previous zip is still being extracted
+            self._put(None)
+            while th.is_alive():
+                th.join(0.2)
         except BaseException:
-            errors.append(None)  # the extractor stops taking work; objects it wrote are complete (atomic writes)
+            # Ctrl-C or a download error: pending uploads are cancelled, a multipart upload aborted, and the
+            # extractor stops within seconds; objects already written are whole (atomic writes), no manifest
+            self._cancel.set()
+            try:
+                self._queue.put_nowait(None)  # an idle extractor wakes up and ends; a busy one sees the cancel
+            except queue.Full:
+                pass
+            th.join(timeout=30)
             raise
-        q.put(None)
-        th.join()
-        if errors:
-            raise errors[0]
+        if self._errors:
+            raise self._errors[0]
         summary.seconds = time.perf_counter() - t0
         return summary
+
+    def _put(self, item) -> None:
+        while True:  # a bounded wait, so Ctrl-C reaches this thread
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._errors:
+                    return
+
+    def _extractor(self, summary: JobSummary) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._errors or self._cancel.is_set():
+                return
+            spec, path = item
+            try:
+                r = extract_to_store(path, self.store, self.prefix, jobs=self.jobs, workdir=self.workdir,
+                                     progress=self.progress, bar=self.bar, cancel=self._cancel,
+                                     zip_info={"size": path.stat().st_size, "sha256": spec.sha256, "md5": spec.md5})
+                summary.objects += r.stored
+                self._remaining[1] -= self._sizes.get(spec.name, 0)
+                log.info("%s: %d objects stored, %d already there, %.1f s", spec.name, r.stored, r.skipped, r.seconds)
+                if not self.keep_zips:
+                    path.unlink(missing_ok=True)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self._errors.append(e)
+                return
+
+    def _tick(self, n: int) -> None:
+        self._remaining[0] -= n
+        now = time.perf_counter()
+        if now - self._last_estimate > 30:
+            self._last_estimate = now
+            msg = self.estimate(max(0, self._remaining[0]), max(0, self._remaining[1]))
+            if msg:
+                log.info(msg)

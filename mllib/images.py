@@ -1,10 +1,13 @@
 """Image bytes: header inspection without decoding, decoding without EXIF rotation, uniform RGB.
 
-COCO annotations are in stored pixel order, so nothing here applies EXIF orientation.
+COCO annotations are in stored pixel order, so nothing here applies EXIF orientation. Every decode first reads the
+header's dimensions and refuses images over MAX_PIXELS (default 200 megapixels; `MLLIB_MAX_IMAGE_PIXELS` changes
+it), so a decompression bomb is an ImageError (a bad sample), never gigabytes allocated or a cv2.error.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -19,8 +22,17 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _DECODE_FLAGS = cv2.IMREAD_IGNORE_ORIENTATION
 
 
+MAX_PIXELS = int(os.environ.get("MLLIB_MAX_IMAGE_PIXELS", 200_000_000))
+
+
 class ImageError(MllibError):
     pass
+
+
+def check_size(h: int, w: int) -> None:
+    if h * w > MAX_PIXELS:
+        raise ImageError(f"image of {w}x{h} pixels is over the limit of {MAX_PIXELS:,d} pixels "
+                         "(a decompression bomb?); MLLIB_MAX_IMAGE_PIXELS raises the limit")
 
 
 def info(data: bytes) -> tuple[str, int, int, int]:
@@ -70,14 +82,52 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int]:
     raise ImageError("corrupt JPEG: no frame header")
 
 
-def decode(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """Decode to RGB (HxWx3) or grayscale (HxW) uint8, in stored pixel order (no EXIF rotation)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags | _DECODE_FLAGS)
+def decode(data: bytes, flags: int = cv2.IMREAD_COLOR, rgba: bool = False) -> np.ndarray:
+    """Decode to RGB (HxWx3) or grayscale (HxW) uint8, in stored pixel order (no EXIF rotation).
+
+    rgba=True gives color as HxWx4 (RGB + a padding channel) in the same single conversion pass: OpenCV warps
+    4-channel images about 2.5x faster than 3-channel ones, with bit-identical RGB values. The header's size is
+    checked against MAX_PIXELS before anything is decoded.
+    """
+    _, h, w, _ = info(data)
+    check_size(h, w)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags | _DECODE_FLAGS)
+    except cv2.error as e:
+        raise ImageError(f"cannot decode image ({str(e).strip().splitlines()[-1][:200]})") from None
     if img is None:
         raise ImageError("cannot decode image")
     if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGBA if rgba else cv2.COLOR_BGR2RGB)
     return img
+
+
+def verify(data: bytes) -> None:
+    """ImageError unless the whole image decodes cleanly: a JPEG through libjpeg-turbo with its warnings as errors
+    (corrupt entropy-coded data decodes to grey blocks otherwise), a PNG by every chunk's CRC, then a decode."""
+    fmt, h, w, _ = info(data)
+    check_size(h, w)
+    if fmt == "jpeg":
+        import simplejpeg
+
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="GRAY" if _jpeg_header(data)[2] == 1 else "RGB", strict=True)
+        except ValueError as e:
+            raise ImageError(f"corrupt JPEG data ({str(e)[:200]})") from None
+        return
+    i = 8
+    while i + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        end = i + 12 + length
+        if end > len(data):
+            raise ImageError("truncated PNG chunk")
+        kind_and_data = data[i + 4 : i + 8 + length]
+        if zlib.crc32(kind_and_data) & 0xFFFFFFFF != struct.unpack(">I", data[i + 8 + length : end])[0]:
+            raise ImageError(f"corrupt PNG: CRC mismatch in a {kind_and_data[:4].decode('latin-1')!r} chunk")
+        if kind_and_data[:4] == b"IEND":
+            break
+        i = end
+    decode(data, cv2.IMREAD_UNCHANGED)
 
 
 def uniform_rgb(data: bytes, jpeg_quality: int = 95) -> tuple[bytes, str, int, int]:
@@ -88,9 +138,12 @@ def uniform_rgb(data: bytes, jpeg_quality: int = 95) -> tuple[bytes, str, int, i
     stays lossless PNG).
     """
     fmt, h, w, channels = info(data)
+    check_size(h, w)
     if fmt == "jpeg" and channels == 3:
+        verify(data)
         return data, "jpeg", h, w
     if fmt == "png" and channels == 3:
+        verify(data)
         return data, "png", h, w
     rgb = decode(data, cv2.IMREAD_COLOR)
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

@@ -13,7 +13,7 @@ import numpy as np
 
 from mllib import MllibError
 from mllib.classes import ClassDictionary
-from mllib.cocoindex import KIND_POLY, CocoIndex
+from mllib.cocoindex import KIND_BAD, KIND_POLY, CocoIndex
 
 STUFF_OTHER = 183
 
@@ -44,8 +44,10 @@ class Renderer:
         """The annotation's compressed RLE, as COCO.annToRLE computes it (polygons merged)."""
         from pycocotools import mask as maskutil
 
-        seg = index.segmentation(a)
         aid = int(index.ann_id[a])
+        if index.kind[a] == KIND_BAD:
+            raise LabelError(f"{where}, annotation {aid}: {index.bad.get(str(a), 'malformed')}")
+        seg = index.segmentation(a)
         if index.kind[a] == KIND_POLY:
             if not seg:
                 raise LabelError(f"{where}, annotation {aid}: empty polygon list")
@@ -69,23 +71,33 @@ class Renderer:
         flat = np.full(h * w, self.fill, dtype=np.uint8)
         strings: list[bytes] = []
         values: list[int] = []
+        aids: list[int] = []
         if stuff is not None and stuff_row is not None:
             for a in stuff.annotations(stuff_row):
                 cat = int(stuff.category[a])
+                if stuff.kind[a] == KIND_BAD:
+                    self.rle(stuff, a, h, w, where)  # raises, naming the annotation and what is wrong
                 if cat == STUFF_OTHER:
                     continue
                 self._check_category(cat, where, int(stuff.ann_id[a]))
                 strings.append(self.rle(stuff, a, h, w, where)["counts"])
                 values.append(int(self.lut[cat]))
+                aids.append(int(stuff.ann_id[a]))
         anns = list(things.annotations(i))
         # decreasing area; ties keep file order (stable)
         anns.sort(key=lambda a: -float(things.area[a]))
         for a in anns:
             cat = int(things.category[a])
+            if things.kind[a] == KIND_BAD:
+                self.rle(things, a, h, w, where)  # raises, naming the annotation and what is wrong
             self._check_category(cat, where, int(things.ann_id[a]))
             strings.append(self.rle(things, a, h, w, where)["counts"])
             values.append(self.classes.ignore if (things.iscrowd[a] and self.crowd == "ignore") else int(self.lut[cat]))
-        for runs, value in zip(rle_counts_many(strings), values, strict=True):
+            aids.append(int(things.ann_id[a]))
+        for runs, value, aid in zip(rle_counts_many(strings), values, aids, strict=True):
+            if runs.size and (runs.min() < 0 or int(runs.sum()) != h * w):
+                raise LabelError(f"{where}, annotation {aid}: RLE counts cover {int(runs.sum()):,d} pixels, the "
+                                 f"image has {h * w:,d}")
             paint_runs(flat, runs, value)
         return np.ascontiguousarray(flat.reshape(w, h).T)
 
@@ -146,11 +158,6 @@ def paint_runs(flat: np.ndarray, runs: np.ndarray, value: int) -> None:
     start = int(runs[0])
     end = start + int(inner.sum())
     np.copyto(flat[start:end], np.uint8(value), where=np.repeat(_PARITY[: inner.size], inner))
-
-
-def paint_rle(flat: np.ndarray, counts: bytes | str, value: int) -> None:
-    """Set value where the RLE mask is 1; flat is the label in column-major order (length h*w)."""
-    paint_runs(flat, rle_counts(counts), value)
 
 
 def presence(label: np.ndarray, classes: int) -> np.ndarray:

@@ -1,37 +1,49 @@
-"""Reading a TFRecord training set from either store: a tf.data pipeline and a PyTorch IterableDataset.
+"""Reading a TFRecord training set from either store: a tf.data pipeline and PyTorch IterableDatasets.
 
     desc = records.description(store, "coco")
     ds = records.tf_dataset(store, "coco", "train")          # (image uint8 HxWx3, label uint8 HxW)
     torch_ds = records.TorchRecords(store, "coco", "train")    # split across DataLoader workers and ranks
+    train_ds = records.RecordsDataset(store, "coco", "train", height=512, width=512, seed=0)   # for training
+
+RecordsDataset is the training path from the set cocorecord.py wrote: one sequential read per shard (labels
+already rendered), shard order seeded per epoch, a seeded shuffle buffer, shards split over ranks and DataLoader
+workers, and CocoDataset's single-warp augmentation drawn from (seed, epoch, shard, record), so a record gets the
+same augmentation whatever the worker count. It yields (uint8 C x H x W image, uint8 H x W label).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
 
-from mllib import MllibError, images, tfrecord
-from mllib.store import LocalStore, NotFound, Store
-from mllib.trainingset import PREFIX
+from mllib import MllibError, images, layout, tfrecord
+from mllib.augment import Augment, chw_uint8, warp
+from mllib.store import NotFound, Store
 
 
 def description(store: Store, name: str) -> dict:
-    key = f"{PREFIX}/{name}/description.json"
+    key = layout.description(name)
     try:
         return json.loads(store.get_bytes(key))
     except NotFound:
         raise MllibError(
-            f"training set {store.url_for(f'{PREFIX}/{name}')} not found (no description.json): "
+            f"training set {store.url_for(layout.trainingset(name))} not found (no description.json): "
             f"run datasets/cocorecord.py -trainingset_name {name}"
         ) from None
 
 
-def shard_keys(store: Store, name: str, set_name: str) -> list[str]:
+def set_shards(store: Store, name: str, set_name: str) -> list[dict]:
+    """The shards of one set, as description.json lists them (name, records, bytes, sha256)."""
     desc = description(store, name)
     if set_name not in desc["sets"]:
         raise MllibError(f"training set {name} has no set {set_name!r}; it has {sorted(desc['sets'])}")
-    return [f"{PREFIX}/{name}/{s['name']}" for s in desc["sets"][set_name]["shards"]]
+    return desc["sets"][set_name]["shards"]
+
+
+def shard_keys(store: Store, name: str, set_name: str) -> list[str]:
+    return [f"{layout.trainingset(name)}/{s['name']}" for s in set_shards(store, name, set_name)]
 
 
 def iter_serialized(store: Store, keys: list[str]):
@@ -40,10 +52,11 @@ def iter_serialized(store: Store, keys: list[str]):
             yield from tfrecord.read_records(f, name=key)
 
 
-def parse(record: bytes) -> dict:
-    """A record as numpy: image (RGB uint8 HxWx3), label (uint8 HxW), classes, filename, source_id."""
+def parse(record: bytes, rgba: bool = False) -> dict:
+    """A record as numpy: image (RGB uint8 HxWx3, or RGBA with rgba=True), label (uint8 HxW), classes, filename,
+    source_id."""
     ex = tfrecord.decode_example(record)
-    image = images.decode(ex["image/encoded"][0])
+    image = images.decode(ex["image/encoded"][0], rgba=rgba)
     label = images.decode(ex["label/encoded"][0], flags=images.cv2.IMREAD_UNCHANGED)
     return {"image": image, "label": label, "classes": np.array(ex["label/classes"], np.float32),
             "filename": ex["image/filename"][0].decode(), "source_id": ex["image/source_id"][0].decode()}
@@ -80,8 +93,8 @@ def tf_dataset(store: Store, name: str, set_name: str, parse_records: bool = Tru
     import tensorflow as tf
 
     keys = shard_keys(store, name, set_name)
-    if isinstance(store, LocalStore):
-        ds = tf.data.TFRecordDataset([store.url_for(k) for k in keys], num_parallel_reads=min(4, len(keys)))
+    if store.local_path() is not None:
+        ds = tf.data.TFRecordDataset([str(store.local_path(k)) for k in keys], num_parallel_reads=min(4, len(keys)))
     else:  # S3 through the store (TensorFlow has no S3 filesystem without tensorflow-io)
         ds = tf.data.Dataset.from_generator(lambda: iter_serialized(store, keys),
                                             output_signature=tf.TensorSpec([], tf.string))
@@ -91,6 +104,20 @@ def tf_dataset(store: Store, name: str, set_name: str, parse_records: bool = Tru
 
 
 # -- PyTorch ---------------------------------------------------------------------------------------------------
+def _part(rank: int | None, world: int | None) -> tuple[int, int, int, int]:
+    """(part, parts, rank, world): this DataLoader worker's share of the work, over ranks and workers."""
+    import torch
+
+    if rank is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+    info = torch.utils.data.get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info else (0, 1)
+    return rank * nw + wid, world * nw, rank, world or 1
+
+
 def _torch_iterable():
     import torch
 
@@ -112,17 +139,7 @@ class TorchRecords(_torch_iterable()):
         self.rank, self.world_size = rank, world_size
 
     def _my_keys(self) -> list[str]:
-        import torch
-
-        rank, world = self.rank, self.world_size
-        if rank is None:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            else:
-                rank, world = 0, 1
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        part, parts = rank * nw + wid, world * nw
+        part, parts, _, _ = _part(self.rank, self.world_size)
         return self.keys[part::parts]
 
     def __iter__(self):
@@ -134,3 +151,105 @@ class TorchRecords(_torch_iterable()):
                 yield self.transform(r["image"], r["label"])
             else:
                 yield torch.from_numpy(r["image"]), torch.from_numpy(r["label"].astype(np.int64))
+
+
+class RecordsDataset(_torch_iterable()):
+    """Training samples from a TFRecord set: (uint8 C x H x W image, H x W label of label_dtype).
+
+    Shards are read whole and in order (one request each), in a shard order seeded by (seed, epoch), through a
+    shuffle buffer of `shuffle_buffer` records. Shards are split over ranks x DataLoader workers; with fewer
+    shards than that, every part reads all shards and keeps every parts-th record. Under several ranks each rank
+    yields exactly len(self) samples (its share, cycled where short), so every rank runs the same number of steps.
+    Call set_epoch(e) each epoch (it reaches running workers through shared memory).
+    """
+
+    def __init__(self, store: Store, name: str, set_name: str = "train", height: int = 512, width: int = 512,
+                 augment: Augment | None = None, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256,
+                 label_dtype: str = "uint8", rank: int | None = None, world_size: int | None = None):
+        import torch
+
+        self.store = store
+        self.name, self.set_name = name, set_name
+        self.shards = set_shards(store, name, set_name)
+        self.keys = [f"{layout.trainingset(name)}/{s['name']}" for s in self.shards]
+        desc = description(store, name)
+        self.ignore = int(desc.get("classes", {}).get("ignore", 255))
+        self.height, self.width = int(height), int(width)
+        self.augment = augment if augment is not None else Augment()
+        self.seed, self.shuffle, self.shuffle_buffer = int(seed), shuffle, max(1, int(shuffle_buffer))
+        self.label_dtype = np.dtype(label_dtype)
+        self.rank, self.world_size = rank, world_size
+        self.total = sum(int(s["records"]) for s in self.shards)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = int(epoch)
+
+    def __len__(self) -> int:
+        """Samples this rank yields in an epoch (all DataLoader workers together)."""
+        _, _, _, world = _part(self.rank, self.world_size)
+        return self.total if world == 1 else self.total // world
+
+    def _records(self, epoch: int, part: int, parts: int):
+        """(shard number, record number, serialized record) of this part, in the epoch's shard order."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.keys)) if self.shuffle \
+            else np.arange(len(self.keys))
+        if len(self.keys) >= parts:
+            for s in order[part::parts]:
+                for r, rec in enumerate(iter_serialized(self.store, [self.keys[s]])):
+                    yield int(s), r, rec
+            return
+        k = 0
+        for s in order:
+            for r, rec in enumerate(iter_serialized(self.store, [self.keys[s]])):
+                if k % parts == part:
+                    yield int(s), r, rec
+                k += 1
+
+    def _shuffled(self, items, rng):
+        if not self.shuffle or self.shuffle_buffer <= 1:
+            yield from items
+            return
+        buf = []
+        for item in items:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(item)
+                continue
+            j = int(rng.integers(len(buf)))
+            yield buf[j]
+            buf[j] = item
+        rng.shuffle(buf)
+        yield from buf
+
+    def sample(self, epoch: int, shard: int, record: int, serialized: bytes):
+        import torch
+
+        r = parse(serialized, rgba=True)
+        img, label = r["image"], r["label"]
+        m = self.augment.matrix(label.shape, (self.height, self.width), (self.seed, epoch, shard, record))
+        out, lab = warp(img, label, m, (self.height, self.width), self.ignore)
+        return torch.from_numpy(chw_uint8(out)), torch.from_numpy(lab.astype(self.label_dtype, copy=False))
+
+    def __iter__(self):
+        epoch = int(self._epoch[0])
+        part, parts, rank, world = _part(self.rank, self.world_size)
+        rng = np.random.default_rng([self.seed, epoch, part, 1])
+        items = self._shuffled(self._records(epoch, part, parts), rng)
+        if world > 1:  # every rank the same number of samples: each worker its exact quota, cycled where short
+            nw = parts // world
+            wid = part - rank * nw
+            quota = len(self) // nw + (1 if wid < len(self) % nw else 0)
+            items = itertools.islice(_cycle(lambda: self._shuffled(self._records(epoch, part, parts), rng)), quota)
+        for shard, record, rec in items:
+            yield self.sample(epoch, shard, record, rec)
+
+
+def _cycle(make):
+    """make()'s items, then make()'s again, forever (stops if make() yields nothing)."""
+    while True:
+        n = 0
+        for item in make():
+            n += 1
+            yield item
+        if n == 0:
+            return

@@ -26,20 +26,19 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from mllib import MllibError
+from mllib.fsutil import TMP_MARK, atomic_write
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "./store"
 PART_SIZE = 16 * 1024 * 1024  # multipart part size; objects up to this size are one PUT
-TMP_MARK = ".mllib-tmp-"
 CHUNK = 1024 * 1024
 
 
@@ -175,6 +174,14 @@ class Store:
         """The object's content checksum, comparable with md5_file() of a local copy."""
         raise NotImplementedError
 
+    def with_bucket(self, bucket: str) -> Store:
+        """The same store in another bucket (S3: same endpoint and settings; local: a folder below the root)."""
+        raise NotImplementedError
+
+    def local_path(self, key: str = "") -> Path | None:
+        """The file behind key when the store is a local directory, else None."""
+        return None
+
     # -- shared helpers ---------------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_stream(key, io.BytesIO(data), size=len(data))
@@ -185,19 +192,11 @@ class Store:
 
     def get_file(self, key: str, path: str | os.PathLike) -> int:
         """Download key to path atomically (temporary file, then rename). Returns the byte count."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
         n = 0
-        try:
-            with self.open(key) as src, open(tmp, "wb") as dst:
-                for chunk in iter(lambda: src.read(CHUNK), b""):
-                    dst.write(chunk)
-                    n += len(chunk)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with self.open(key) as src, atomic_write(path) as dst:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                dst.write(chunk)
+                n += len(chunk)
         return n
 
     def delete_prefix(self, prefix: str) -> int:
@@ -245,7 +244,7 @@ class Store:
                 progress(1)
 
         files = sorted(p for p in root.rglob("*") if p.is_file() and TMP_MARK not in p.name)
-        _run_all(one, files, jobs)
+        run_all(one, files, jobs)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -260,12 +259,14 @@ class Store:
         t0 = time.perf_counter()
         prefix = prefix.strip("/")
         pre = f"{prefix}/" if prefix else ""
-        root = Path(local_dir)
+        root = Path(local_dir).resolve()
         report = TransferReport()
         lock = threading.Lock()
+        infos = list(self.list(pre))
+        paths = {info.key: _local_target(root, info.key[len(pre) :], self.url_for(info.key)) for info in infos}
 
         def one(info: ObjectInfo) -> None:
-            path = root / info.key[len(pre) :]
+            path = paths[info.key]
             if path.is_file() and path.stat().st_size == info.size and md5_file(path) == self.checksum(info):
                 with lock:
                     report.skipped += 1
@@ -278,7 +279,7 @@ class Store:
             if progress:
                 progress(1)
 
-        _run_all(one, list(self.list(pre)), jobs)
+        run_all(one, infos, jobs)
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -286,16 +287,39 @@ class Store:
         return f"{type(self).__name__}({self.url!r})"
 
 
-def _run_all(fn: Callable, items: Iterable, jobs: int) -> None:
-    """Run fn over items on a thread pool; the first failure cancels what has not started and is raised."""
+def _local_target(root: Path, rel: str, url: str) -> Path:
+    """Where an object lands below root; StoreError for a key that would land anywhere else ('..', a leading
+    '/', '//', '.', a backslash): all keys are checked before anything is written."""
+    parts = rel.split("/")
+    if not rel or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"refusing to download {url}: its key is not a plain relative path below the prefix "
+                         f"({rel!r}); nothing was written")
+    path = root.joinpath(*parts)
+    if root not in path.parents:
+        raise StoreError(f"refusing to download {url}: it would be written outside {root}")
+    return path
+
+
+class Cancelled(StoreError):
+    """Work stopped because its cancel event was set (Ctrl-C): what had not started was cancelled."""
+
+
+def run_all(fn: Callable, items: Iterable, jobs: int, cancel: threading.Event | None = None) -> None:
+    """Run fn over items on a thread pool; the first failure, or `cancel` being set, cancels what has not
+    started and is raised (Cancelled for the event). What is running finishes (each write is atomic)."""
     items = list(items)
     if not items:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(items)))) as pool:
         futures = [pool.submit(fn, it) for it in items]
         try:
-            for f in as_completed(futures):
-                f.result()
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for f in done:
+                    f.result()
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("interrupted: pending transfers cancelled")
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -339,17 +363,9 @@ class LocalStore(Store):
             raise NotFound(f"{self.url_for(key)} does not exist") from None
 
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as f:
-                for chunk in iter(lambda: stream.read(CHUNK), b""):
-                    f.write(chunk)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_write(self._path(key)) as f:  # fsync file, rename, fsync folder
+            for chunk in iter(lambda: stream.read(CHUNK), b""):
+                f.write(chunk)
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         with open(path, "rb") as f:
@@ -395,6 +411,12 @@ class LocalStore(Store):
     def url_for(self, key: str = "") -> str:
         return str(self.root / key) if key else str(self.root)
 
+    def with_bucket(self, bucket: str) -> Store:
+        return LocalStore(self.root / _clean_key(bucket))
+
+    def local_path(self, key: str = "") -> Path | None:
+        return self._path(key) if key else self.root
+
     def checksum(self, info: ObjectInfo) -> str:
         return md5_file(self._path(info.key))
 
@@ -426,6 +448,12 @@ class S3Store(Store):
         self._lock = threading.Lock()
         self._fast = None  # (pid, urllib3 pool, credentials, region, base URL, virtual-hosted) for small PUTs
         self._fast_failures = 0  # consecutive; the fast path turns itself off after a few
+
+    def with_bucket(self, bucket: str) -> Store:
+        if bucket == self.bucket:
+            return self
+        return S3Store(f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else ""), endpoint_url=self.endpoint_url,
+                       verify=self.verify, max_pool_connections=self.max_pool_connections)
 
     # a store travels to worker processes without its client; each process makes its own
     def __getstate__(self):
@@ -468,7 +496,19 @@ class S3Store(Store):
         if self.endpoint_url:
             cfg_obj = cfg_obj.merge(Config(s3={"addressing_style": "path"}))
         session = boto3.session.Session()
-        return session.client("s3", endpoint_url=self.endpoint_url or None, verify=self.verify, config=cfg_obj)
+        # verify=None lets botocore find the CA bundle itself (AWS_CA_BUNDLE, the profile's ca_bundle); passing
+        # True would pin its default bundle and ignore both
+        verify = None if self.verify is True else self.verify
+        return session.client("s3", endpoint_url=self.endpoint_url or None, verify=verify, config=cfg_obj)
+
+    def ca_bundle(self) -> str | None:
+        """The CA bundle TLS is verified with: --ca_bundle, else AWS_CA_BUNDLE / the profile's ca_bundle (what
+        botocore uses), else None (the default bundle)."""
+        if isinstance(self.verify, str):
+            return self.verify
+        import boto3
+
+        return boto3.session.Session()._session.get_config_variable("ca_bundle") or None
 
     def _k(self, key: str) -> str:
         key = _clean_key(key)
@@ -689,9 +729,7 @@ class S3Store(Store):
             else:
                 import certifi
 
-                kw.update(cert_reqs="CERT_REQUIRED",
-                          ca_certs=self.verify if isinstance(self.verify, str) else
-                          (os.environ.get("AWS_CA_BUNDLE") or certifi.where()))
+                kw.update(cert_reqs="CERT_REQUIRED", ca_certs=self.ca_bundle() or certifi.where())
         return (os.getpid(), urllib3.PoolManager(**kw), creds, region, base, virtual)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -1,31 +1,39 @@
-"""Training a segmentation network on CocoDataset (PyTorch): the logic behind networks/network2d.py.
+"""Training a segmentation network (PyTorch) on CocoDataset or a TFRecord set: the logic behind network2d.py.
 
-Single process, or one process per GPU under torchrun (DistributedDataParallel + DistributedSampler):
+    cfg = TrainConfig(epochs=10, batch_size=32, num_workers=15, amp=True)      # or records="coco"
+    last = fit(cfg, store.connect("s3://coco"))
 
-    torchrun --nproc_per_node 8 networks/network2d.py --store s3://coco ...
-    torchrun --nnodes 2 --node_rank 0 --master_addr HOST --nproc_per_node 8 networks/network2d.py ...
-
-Cross-entropy that ignores 255, per-class IoU and mIoU on validation after each epoch, metrics appended to a
-JSON lines file, checkpoints (model, optimizer, epoch, step, metrics) written atomically to the store under
-models/<model_name>/, and --resume to continue from the last one.
+Single process, or one process per GPU under torchrun (DistributedDataParallel + a split of the data per rank);
+the process group is created and destroyed here, in `process_group`. The data path: workers send uint8 images and
+labels (1 MB per 512x512 sample), batches are pinned and copied to the GPU beside the running step
+(mllib.gpu.DevicePrefetcher), normalized there in channels_last, bf16 autocast, no host sync inside the loop (the
+loss is summed on the device and read every `log_every` steps). Cross-entropy that ignores 255, per-class IoU and
+mIoU on validation after each epoch, metrics appended to a JSON lines file (images/s, data-wait fraction, the
+GPU-only step rate of the same model and their ratio), checkpoints written atomically to models/<name>/ and
+loaded with weights_only=True, `resume` to continue.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import json
 import logging
 import math
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mllib import MllibError, classes
-from mllib.cocodataset import CocoDataset
+from mllib import MllibError, classes, layout
+from mllib.augment import Augment
+from mllib.cocodataset import CocoDataset, worker_init_fn
+from mllib.gpu import BatchPrep, DevicePrefetcher
 from mllib.metrics import ConfusionMatrix
 from mllib.store import NotFound, Store
 from mllib.unet import UNet
@@ -33,15 +41,60 @@ from mllib.unet import UNet
 log = logging.getLogger(__name__)
 
 
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initializes the process group under torchrun."""
+@dataclass
+class TrainConfig:
+    """Everything fit() needs; networks/network2d.py builds it from its flags (same names)."""
+
+    trainingset: str = "datasets/coco/annotations/instances_train2017.json"
+    train_image_path: str = "datasets/coco/train2017"
+    valset: str = "datasets/coco/annotations/instances_val2017.json"
+    val_image_path: str = "datasets/coco/val2017"
+    val_fraction: float = 0.1
+    bucket: str | None = None
+    records: str | None = None  # train from this TFRecord set instead (its "train" and "val" sets)
+    class_dictionary: str = "coco"
+    height: int = 512
+    width: int = 512
+    imflags: int = 1
+    batch_size: int = 8
+    epochs: int = 10
+    max_steps: int = 0
+    learning_rate: float = 1e-3
+    num_workers: int = 4
+    prefetch: int = 4
+    fetch_threads: int = 16
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    normalize: str = "imagenet"
+    model_name: str = "unet2d"
+    model_width: int = 16
+    model_depth: int = 4
+    resume: bool = False
+    metrics_file: str | None = None
+    skip_bad: bool = False
+    seed: int = 0
+    no_progress: bool = False
+    log_every: int = 50
+    step_rate_steps: int = -1  # GPU-only step rate measured over this many steps (-1: 20 on CUDA, 0 elsewhere)
+
+
+@contextlib.contextmanager
+def process_group():
+    """(rank, world size, local rank); under torchrun the process group lives exactly as long as this block."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    created = False
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    if world > 1:
-        return torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        created = True
+    try:
+        if world > 1:
+            yield torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+        else:
+            yield 0, 1, 0
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
 
 
 def pick_device(name: str | None, local_rank: int) -> torch.device:
@@ -57,7 +110,7 @@ def pick_device(name: str | None, local_rank: int) -> torch.device:
 
 
 def checkpoint_key(model_name: str) -> str:
-    return f"models/{model_name}/checkpoint.pt"
+    return layout.checkpoint(model_name)
 
 
 def save_checkpoint(store: Store, model_name: str, state: dict) -> None:
@@ -67,20 +120,26 @@ def save_checkpoint(store: Store, model_name: str, state: dict) -> None:
 
 
 def load_checkpoint(store: Store, model_name: str, device) -> dict:
+    """A checkpoint, loaded with weights_only=True: tensors and plain types only, never code from the store."""
+    key = checkpoint_key(model_name)
     try:
-        data = store.get_bytes(checkpoint_key(model_name))
+        data = store.get_bytes(key)
     except NotFound:
-        raise MllibError(
-            f"--resume: no checkpoint at {store.url_for(checkpoint_key(model_name))}; train without --resume first"
-        ) from None
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+        raise MllibError(f"--resume: no checkpoint at {store.url_for(key)}; train without --resume first") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; all mean "not a safe checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MllibError(f"checkpoint {store.url_for(key)} cannot be loaded as weights only "
+                         f"(it holds more than tensors and plain types, or is corrupt): {first[:300]}") from None
 
 
 def loss_fn(ignore: int) -> nn.Module:
     return nn.CrossEntropyLoss(ignore_index=ignore)
 
 
-def train_step(model, batch, optimizer, criterion, device, amp_dtype=None, scaler=None) -> float:
+def train_step(model, batch, optimizer, criterion, device, amp_dtype=None, scaler=None) -> torch.Tensor:
+    """One optimizer step; returns the loss as a detached tensor on the device (reading it syncs the host)."""
     images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -92,42 +151,82 @@ def train_step(model, batch, optimizer, criterion, device, amp_dtype=None, scale
     else:
         loss.backward()
         optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_rate(model, optimizer, criterion, batch, device, steps: int, amp_dtype=None, scaler=None) -> float:
+    """Images/s of the training step alone, on a batch already on the device; the model and optimizer state
+    are restored afterwards, so training is unchanged."""
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(optimizer.state_dict())
+    for _ in range(3):  # warm-up (kernel selection, compile)
+        train_step(model, batch, optimizer, criterion, device, amp_dtype, scaler)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, batch, optimizer, criterion, device, amp_dtype, scaler)
+    _sync(device)
+    rate = steps * len(batch[0]) / (time.perf_counter() - t0)
+    model.load_state_dict(saved_model)
+    optimizer.load_state_dict(saved_opt)
+    return rate
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, n_classes: int, ignore: int, amp_dtype=None) -> ConfusionMatrix:
+def evaluate(model, batches, device, n_classes: int, ignore: int, amp_dtype=None) -> ConfusionMatrix:
+    """Confusion matrix over (images, labels) batches already on the device; counted on the device, read once."""
     model.eval()
-    cm = ConfusionMatrix(n_classes, ignore)
-    for batch in loader:
-        images = batch[0].to(device, non_blocking=True)
+    counts = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
+    for images, labels in batches:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             pred = model(images).argmax(1)
-        cm.update(batch[1].numpy(), pred.cpu().numpy())
+        t = labels.reshape(-1)
+        keep = (t != ignore) & (t >= 0) & (t < n_classes)
+        p = pred.reshape(-1)[keep].clamp(0, n_classes - 1)
+        counts += torch.bincount(t[keep] * n_classes + p, minlength=n_classes * n_classes)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.from_numpy(cm.matrix).to(device)
-        torch.distributed.all_reduce(t)
-        cm.matrix = t.cpu().numpy()
+        torch.distributed.all_reduce(counts)
     model.train()
+    cm = ConfusionMatrix(n_classes, ignore)
+    cm.matrix = counts.cpu().numpy().reshape(n_classes, n_classes)
     return cm
 
 
-def _datasets(args, store, class_dict):
-    common = dict(class_dictionary=class_dict, height=args.height, width=args.width, imflags=args.imflags,
-                  astype="float32", skip_bad=args.skip_bad)
-    train = CocoDataset(s3=store, bucket=args.bucket, dataset_desc=args.trainingset,
-                        image_paths=args.train_image_path, **common)
-    if args.valset:
-        val = CocoDataset(s3=store, bucket=args.bucket, dataset_desc=args.valset,
-                          image_paths=args.val_image_path or args.train_image_path, enable_transform=False,
-                          seed=0, **common)
+# -- data ---------------------------------------------------------------------------------------------------------
+def _augment(enable: bool) -> Augment:
+    return Augment(enable=enable)
+
+
+def datasets(cfg: TrainConfig, store: Store, class_dict, rank: int, world: int):
+    """(train, val) datasets yielding compact uint8 samples; val may be empty."""
+    if cfg.records:
+        from mllib.records import RecordsDataset, description
+
+        sets = description(store, cfg.records)["sets"]
+        common = dict(height=cfg.height, width=cfg.width, seed=cfg.seed, rank=rank, world_size=world)
+        train = RecordsDataset(store, cfg.records, "train", augment=_augment(True), **common)
+        val = RecordsDataset(store, cfg.records, "val", augment=_augment(False), shuffle=False, **common) \
+            if "val" in sets else None
+        return train, val
+    common = dict(class_dictionary=class_dict, height=cfg.height, width=cfg.width, imflags=cfg.imflags,
+                  astype="uint8", normalize="none", label_dtype="uint8", skip_bad=cfg.skip_bad,
+                  fetch_threads=cfg.fetch_threads, s3=store, bucket=cfg.bucket)
+    train = CocoDataset(dataset_desc=cfg.trainingset, image_paths=cfg.train_image_path, seed=cfg.seed, **common)
+    if cfg.valset:
+        val = CocoDataset(dataset_desc=cfg.valset, image_paths=cfg.val_image_path or cfg.train_image_path,
+                          augment=_augment(False), seed=0, **common)
         return train, val
     # no separate validation set: hold out a fixed fraction of the training images
     n = len(train)
     order = np.random.default_rng(0).permutation(n)
-    n_val = max(1, int(round(n * args.val_fraction))) if n > 1 else 0
-    val_ds = CocoDataset(s3=store, bucket=args.bucket, dataset_desc=args.trainingset,
-                         image_paths=args.train_image_path, enable_transform=False, seed=0, **common)
+    n_val = max(1, int(round(n * cfg.val_fraction))) if n > 1 and cfg.val_fraction > 0 else 0
+    val_ds = CocoDataset(dataset_desc=cfg.trainingset, image_paths=cfg.train_image_path, augment=_augment(False),
+                         seed=0, **common)
     return (torch.utils.data.Subset(train, order[n_val:].tolist()),
             torch.utils.data.Subset(val_ds, order[:n_val].tolist()))
 
@@ -136,110 +235,166 @@ def _base(ds):
     return ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
 
 
-def fit(args, store: Store) -> dict:
-    """Train as args say (see networks/network2d.py for the flags); returns the last metrics."""
-    rank, world, local_rank = distributed()
-    device = pick_device(args.device, local_rank)
-    torch.manual_seed(args.seed + rank)
-    class_dict = classes.load(args.class_dictionary)
-    train_ds, val_ds = _datasets(args, store, class_dict)
-    sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=args.seed) \
-        if world > 1 else None
-    val_sampler = torch.utils.data.DistributedSampler(val_ds, world, rank, shuffle=False) if world > 1 else None
-    loader_kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                     persistent_workers=args.num_workers > 0)
-    if args.num_workers > 0:
-        loader_kw["prefetch_factor"] = args.prefetch
-    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None,
-                                               sampler=sampler, drop_last=len(train_ds) >= args.batch_size,
-                                               **loader_kw)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=args.batch_size, sampler=val_sampler,
-                                             **loader_kw) if len(val_ds) else None
-    in_ch = 1 if args.imflags == 0 else 3
-    model = UNet(in_ch, class_dict.classes, width=args.model_width, depth=args.model_depth).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=1e-4)
-    amp_dtype = None
-    scaler = None
-    if args.amp:
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            amp_dtype = torch.bfloat16
-        elif device.type == "cuda":
-            amp_dtype, scaler = torch.float16, torch.amp.GradScaler("cuda")
-        else:
-            amp_dtype = torch.bfloat16
-    epoch, step, history = 0, 0, []
-    if args.resume:
-        ck = load_checkpoint(store, args.model_name, device)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        epoch = ck["epoch"] + (1 if ck.get("epoch_complete", True) else 0)
-        step = ck["step"]
-        history = ck.get("metrics", [])
-        if rank == 0:
-            log.info("resumed %s at epoch %d, step %d", checkpoint_key(args.model_name), epoch, step)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    criterion = loss_fn(class_dict.ignore)
-    metrics_path = Path(args.metrics_file or f"runs/{args.model_name}/metrics.jsonl")
-    if rank == 0:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    last: dict = history[-1] if history else {}
-    max_steps = args.max_steps if args.max_steps and args.max_steps > 0 else math.inf
+def loaders(cfg: TrainConfig, train_ds, val_ds, device, rank: int, world: int):
+    iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
+    sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) \
+        if world > 1 and not iterable else None
+    kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+              persistent_workers=cfg.num_workers > 0, worker_init_fn=worker_init_fn)
+    if cfg.num_workers > 0:
+        kw["prefetch_factor"] = cfg.prefetch
+    train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and not iterable,
+                                        sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size, **kw)
+    val = None
+    if val_ds is not None and len(val_ds):
+        val_sampler = torch.utils.data.DistributedSampler(val_ds, world, rank, shuffle=False) \
+            if world > 1 and not isinstance(val_ds, torch.utils.data.IterableDataset) else None
+        val = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler, **kw)
+    return train, sampler, val
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    cfg: TrainConfig
+    store: Store
+    rank: int
+    world: int
+    device: torch.device
+    class_dict: classes.ClassDictionary
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    prep: BatchPrep
+
+
+def _amp(cfg: TrainConfig, device):
+    if not cfg.amp:
+        return None, None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def _resume(run: _Run) -> tuple[int, int, list]:
+    ck = load_checkpoint(run.store, run.cfg.model_name, run.device)
+    run.model.load_state_dict(ck["model"])
+    run.optimizer.load_state_dict(ck["optimizer"])
+    if run.scaler is not None and ck.get("scaler"):
+        run.scaler.load_state_dict(ck["scaler"])
+    epoch = ck["epoch"] + (1 if ck.get("epoch_complete", True) else 0)
+    if run.rank == 0:
+        log.info("resumed %s at epoch %d, step %d", checkpoint_key(run.cfg.model_name), epoch, ck["step"])
+    return epoch, ck["step"], ck.get("metrics", [])
+
+
+def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metrics_path: Path) -> None:
+    with open(metrics_path, "a") as f:
+        f.write(json.dumps(history[-1]) + "\n")
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch,
+             "epoch_complete": complete, "step": step, "metrics": history,
+             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+             "model_config": run.model.config, "classes": run.class_dict.to_dict(), "config": asdict(run.cfg)}
+    save_checkpoint(run.store, run.cfg.model_name, state)
+    run.store.put_bytes(layout.model_metrics(run.cfg.model_name),
+                        "".join(json.dumps(m) + "\n" for m in history).encode())
+
+
+def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float):
+    """One training epoch; returns (step, images, seconds, data-wait seconds, mean loss or None, complete)."""
     from tqdm import tqdm
 
-    while epoch < args.epochs and step < max_steps:
+    cfg = run.cfg
+    run.net.train()
+    feed = DevicePrefetcher(loader, run.prep)
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=run.rank != 0 or cfg.no_progress,
+               dynamic_ncols=True)
+    loss_sum = torch.zeros((), device=run.device)
+    criterion = loss_fn(run.class_dict.ignore)
+    seen = steps = 0
+    t0 = time.perf_counter()
+    for batch in feed:
+        loss_sum += train_step(run.net, batch, run.optimizer, criterion, run.device, run.amp_dtype, run.scaler)
+        step += 1
+        steps += 1
+        seen += len(batch[0]) * run.world
+        if steps % max(1, cfg.log_every) == 0 or steps == len(loader):
+            elapsed = time.perf_counter() - t0  # reading the loss here is the loop's only host sync
+            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", img_s=f"{seen / elapsed:.1f}",
+                            data_wait=f"{100 * feed.wait / elapsed:.0f}%")
+        bar.update(1)
+        if step >= max_steps:
+            break
+    _sync(run.device)
+    bar.close()
+    loss = float(loss_sum) / steps if steps else None
+    return step, seen, time.perf_counter() - t0, feed.wait, loss, steps == len(loader) or step < max_steps
+
+
+def _measure_step_rate(run: _Run, loader, criterion) -> float | None:
+    n = run.cfg.step_rate_steps
+    if n < 0:
+        n = 20 if run.device.type == "cuda" else 0
+    if n == 0:
+        return None
+    batch = run.prep(next(iter(loader)))
+    return round(step_rate(run.net, run.optimizer, criterion, batch, run.device, n, run.amp_dtype, run.scaler), 2)
+
+
+def fit(cfg: TrainConfig, store: Store) -> dict | None:
+    """Train as cfg says; returns the last epoch's metrics on rank 0 (None on the other ranks)."""
+    with process_group() as (rank, world, local_rank):
+        device = pick_device(cfg.device, local_rank)
+        torch.manual_seed(cfg.seed + rank)
+        class_dict = classes.load(cfg.class_dictionary)
+        train_ds, val_ds = datasets(cfg, store, class_dict, rank, world)
+        train_loader, sampler, val_loader = loaders(cfg, train_ds, val_ds, device, rank, world)
+        in_ch = 1 if cfg.imflags == 0 else 3
+        model = UNet(in_ch, class_dict.classes, width=cfg.model_width, depth=cfg.model_depth).to(device)
+        model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
+        amp_dtype, scaler = _amp(cfg, device)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if world > 1 else model
+        if cfg.compile:
+            net = torch.compile(net)
+        run = _Run(cfg, store, rank, world, device, class_dict, model, net, optimizer, amp_dtype, scaler,
+                   BatchPrep(device, cfg.normalize))
+        epoch, step, history = _resume(run) if cfg.resume else (0, 0, [])
+        return _train(run, train_loader, sampler, val_loader, train_ds, epoch, step, history)
+
+
+def _train(run: _Run, train_loader, sampler, val_loader, train_ds, epoch: int, step: int, history: list):
+    cfg = run.cfg
+    metrics_path = Path(cfg.metrics_file or f"runs/{cfg.model_name}/metrics.jsonl")
+    if run.rank == 0:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    last: dict = history[-1] if history else {}
+    max_steps = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else math.inf
+    gpu_rate = _measure_step_rate(run, train_loader, loss_fn(run.class_dict.ignore)) \
+        if epoch < cfg.epochs and step < max_steps else None
+    while epoch < cfg.epochs and step < max_steps:
         if sampler is not None:
             sampler.set_epoch(epoch)
         _base(train_ds).set_epoch(epoch)
-        net.train()
-        t0 = time.perf_counter()
-        wait = 0.0
-        seen, losses = 0, []
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}", disable=rank != 0 or args.no_progress,
-                   dynamic_ncols=True)
-        t_wait = time.perf_counter()
-        for batch in train_loader:
-            wait += time.perf_counter() - t_wait
-            loss = train_step(net, batch, optimizer, criterion, device, amp_dtype, scaler)
-            step += 1
-            seen += len(batch[0]) * world
-            losses.append(loss)
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{seen / elapsed:.1f}", data_wait=f"{100 * wait / elapsed:.0f}%")
-            bar.update(1)
-            if step >= max_steps:
-                break
-            t_wait = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        bar.close()
-        elapsed = time.perf_counter() - t0
-        complete = step < max_steps or len(losses) == len(train_loader)
-        cm = evaluate(net, val_loader, device, class_dict.classes, class_dict.ignore, amp_dtype) \
-            if val_loader is not None else None
-        last = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
-                "images_per_s": round(seen / elapsed, 2), "data_wait_fraction": round(wait / elapsed, 4),
-                "seconds": round(elapsed, 2), "device": str(device), "world_size": world,
-                "val": cm.report(class_dict.names) if cm is not None else None}
+        step, seen, elapsed, wait, loss, complete = _epoch(run, train_loader, epoch, step, max_steps)
+        cm = evaluate(run.net, DevicePrefetcher(val_loader, run.prep), run.device, run.class_dict.classes,
+                      run.class_dict.ignore, run.amp_dtype) if val_loader is not None else None
+        last = {"epoch": epoch, "step": step, "train_loss": loss, "images_per_s": round(seen / elapsed, 2),
+                "data_wait_fraction": round(wait / elapsed, 4), "seconds": round(elapsed, 2),
+                "gpu_only_images_per_s": round(gpu_rate * run.world, 2) if gpu_rate else None,
+                "vs_gpu_only": round(seen / elapsed / (gpu_rate * run.world), 3) if gpu_rate else None,
+                "device": str(run.device), "world_size": run.world,
+                "val": cm.report(run.class_dict.names) if cm is not None else None}
         history.append(last)
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(last) + "\n")
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "epoch_complete": complete, "step": step, "metrics": history,
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "model_config": model.config, "classes": class_dict.to_dict(), "args": vars(args)}
-            save_checkpoint(store, args.model_name, state)
-            store.put_bytes(f"models/{args.model_name}/metrics.jsonl",
-                            "".join(json.dumps(m) + "\n" for m in history).encode())
+        if run.rank == 0:
+            _save(run, epoch, complete, step, history, metrics_path)
             miou = last["val"]["miou"] if last["val"] else None
             log.info("epoch %d: loss %.4f, val mIoU %s, %.1f images/s, data wait %.0f%%", epoch,
                      last["train_loss"] or float("nan"), miou, last["images_per_s"], 100 * last["data_wait_fraction"])
         epoch += 1
-    if world > 1:
+    if run.world > 1:
         torch.distributed.barrier()
-    return last
+    return last if run.rank == 0 else None

@@ -341,23 +341,12 @@ class Conversion:
                     results[t["key"]] = _write_shard(t)
                     bar.update(len(t["items"]))
             else:
-                import multiprocessing as mp
-
-                ctx = mp.get_context("spawn")  # fork after boto3/TF threads is unsafe; workers load cached indexes
-                with ctx.Pool(self.jobs, initializer=_init_worker,
-                              initargs=(self.store, self.entries, self.classes_file, self.crowd, self.skip_bad)) as pool:
-                    for stats in pool.imap_unordered(_write_shard, todo):
-                        key = f"{self.prefix}/{stats['name']}"
-                        results[key] = stats
-                        bar.update(stats["items"])
+                for stats in self._parallel(todo):
+                    results[f"{self.prefix}/{stats['name']}"] = stats
+                    bar.update(stats["items"])
         finally:
             bar.close()
-        # shards of an earlier, different conversion under this name
-        planned = {t["key"] for t in tasks} | {t["stats_key"] for t in tasks}
-        for info in list(self.store.list(self.prefix + "/")):
-            if (info.key.endswith(".tfrecord") or info.key.endswith(".tfrecord.json")) and info.key not in planned:
-                log.info("removing stale %s", info.key)
-                self.store.delete(info.key)
+        self._remove_stale(tasks)
         desc = self._describe(plan, results, main_worker)
         self.store.put_bytes(f"{self.prefix}/description.json", json.dumps(desc, indent=1).encode())
         n_rec = sum(s["length"] for s in desc["sets"].values())
@@ -367,6 +356,49 @@ class Conversion:
         self.summary = {"records": n_rec, "shards": n_shards, "bytes": n_bytes, "skipped": n_skip,
                         "seconds": time.perf_counter() - t0}
         return desc
+
+    def _parallel(self, todo: list[dict]):
+        """Shards written by `jobs` spawned processes, yielded as they finish. A worker that dies (the OOM killer,
+        a crash in native code) is an error naming the shards that were in progress, never a hang."""
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        ctx = mp.get_context("spawn")  # fork after boto3/TF threads is unsafe; workers load cached indexes
+        with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(self.store, self.entries, self.classes_file, self.crowd,
+                                           self.skip_bad)) as pool:
+            futures = {pool.submit(_write_shard, t): t for t in todo}
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        try:
+                            yield f.result()
+                        except BrokenProcessPool:
+                            lost = sorted(futures[g]["key"].rsplit("/", 1)[-1] for g in futures
+                                          if not g.done() or g.exception() is not None)
+                            raise MllibError(
+                                f"a conversion worker process died (killed, e.g. by the OOM killer, or crashed in "
+                                f"native code) while writing {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''};"
+                                " finished shards are kept: re-run the same command to resume (fewer --jobs if "
+                                "memory ran out)") from None
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _remove_stale(self, tasks: list[dict]) -> None:
+        """Delete shards and stats of an earlier, different conversion under this name: only this set's own
+        folder level (trainingsets/NAME/*.tfrecord and .shards/*), never a set nested below it (NAME/small)."""
+        planned = {t["key"] for t in tasks} | {t["stats_key"] for t in tasks}
+        base = self.prefix + "/"
+        for info in list(self.store.list(base)):
+            rel = info.key[len(base):]
+            own = "/" not in rel or (rel.startswith(".shards/") and rel.count("/") == 1)
+            if own and (rel.endswith(".tfrecord") or rel.endswith(".tfrecord.json")) and info.key not in planned:
+                log.info("removing stale %s", info.key)
+                self.store.delete(info.key)
 
     def _describe(self, plan, results, worker: Worker) -> dict:
         main = worker.classes

@@ -51,6 +51,15 @@ def parse_args(argv=None):
     p.add_argument("--resume", "-resume", action="store_true", help="continue from models/<model_name>/checkpoint.pt")
     p.add_argument("--metrics_file", default=None, help="JSON lines file (default runs/<model_name>/metrics.jsonl)")
     p.add_argument("--skip_bad", action="store_true", help="replace missing/corrupt images by other samples")
+    p.add_argument("--records", default=None,
+                   help="train from this TFRecord set (trainingsets/NAME, cocorecord.py) instead of the COCO JSON")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--normalize", default="imagenet", choices=["imagenet", "image", "none"],
+                   help="normalization applied on the device to the uint8 batches")
+    p.add_argument("--fetch_threads", type=int, default=16, help="concurrent image reads per worker")
+    p.add_argument("--log_every", type=int, default=50, help="read the loss (a host sync) every N steps")
+    p.add_argument("--step_rate_steps", type=int, default=-1,
+                   help="measure the GPU-only step rate over N steps before training (-1: 20 on CUDA, else 0)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (augmentation and shuffling)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     cli.add_log_args(p)
@@ -58,19 +67,14 @@ def parse_args(argv=None):
 
 
 def run(args) -> int:
-    import torch
+    from dataclasses import fields
 
     from mllib import train
 
     store = cli.open_store(args)
-    try:
-        last = train.fit(args, store)
-    finally:
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank = torch.distributed.get_rank() if distributed else 0
-        if distributed:
-            torch.distributed.destroy_process_group()
-    if last and rank == 0:
+    cfg = train.TrainConfig(**{f.name: getattr(args, f.name) for f in fields(train.TrainConfig)})
+    last = train.fit(cfg, store)
+    if last:  # rank 0 only
         val = last.get("val") or {}
         print(f"{args.model_name}: epoch {last['epoch']}, step {last['step']}, loss {last['train_loss']:.4f}, "
               f"val mIoU {val.get('miou')}, {last['images_per_s']} images/s -> "

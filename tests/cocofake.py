@@ -153,3 +153,14 @@ def make_coco_zips(out: Path, n_images: int = 4, extra: dict[str, dict[str, byte
         contents[name] = expanded
     (out / "checksums.tsv").write_text("\n".join(rows) + "\n")
     return contents
+
+
+def put_coco(store, tmp_path: Path, split: str = "val2017", n: int = 6, seed: int = 1, hw=(60, 80),
+             dataset: str = "coco") -> dict:
+    """A generated COCO split in a store, in the layout getcoco.py writes; returns the annotation dict."""
+    src = tmp_path / f"src-{split}-{seed}"
+    d = make_coco(src, split, n, seed=seed, hw=hw)
+    for im in d["images"]:
+        store.put_file(f"datasets/{dataset}/{split}/{im['file_name']}", src / split / im["file_name"])
+    store.put_bytes(f"datasets/{dataset}/annotations/instances_{split}.json", json.dumps(d).encode())
+    return d

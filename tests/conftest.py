@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mllib import store as mstore
-from mllib.seaweed import SeaweedS3
+from mllib.testing.seaweed import SeaweedS3
 
 SHARED = Path(os.environ.get("MLLIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

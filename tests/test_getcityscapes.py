@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mllib import cityscapes
-from mllib.mirror import CityscapesSite, Faults, Mirror
+from mllib.testing.mirror import CityscapesSite, Faults, Mirror
 
 from .cocofake import png
 from .conftest import SHARED

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from mllib import download
-from mllib.mirror import Faults, Mirror
 from mllib.store import TMP_MARK
+from mllib.testing.mirror import Faults, Mirror
 
 from .cocofake import make_coco_zips, nested_zip_bytes
 from .conftest import shared_path
@@ -243,7 +243,8 @@ def test_checksum_table_reads_official_and_unknowns():
     assert t["stuff_annotations_trainval2017.zip"].size is None
     assert t["stuff_annotations_trainval2017.zip"].md5 == "2a27c15a2dfcbd2e1c9276dc23cac101"
     assert t["image_info_unlabeled2017.zip"] == download.FileSpec(
-        "image_info_unlabeled2017.zip", "http://images.cocodataset.org/annotations/image_info_unlabeled2017.zip")
+        "image_info_unlabeled2017.zip", "https://images.cocodataset.org/annotations/image_info_unlabeled2017.zip",
+        md5="ede38355d5c3e5251bb7f8b68e2c068f")
 
 
 def test_real_coco_sample_through_the_mirror(any_store, tmp_path):

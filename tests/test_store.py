@@ -179,7 +179,7 @@ def test_missing_bucket_gives_clear_error(s3_server):
 
 
 def test_unreachable_endpoint(monkeypatch):
-    from mllib.seaweed import free_port
+    from mllib.testing.seaweed import free_port
 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     s = mstore.S3Store("s3://b", endpoint_url=f"http://127.0.0.1:{free_port()}")
@@ -207,7 +207,7 @@ def test_s3_store_survives_pickle_and_fork(s3_store):
 
 def test_script_error_is_one_line_and_nonzero(tmp_path):
     """A script given an unreachable store exits non-zero with one line and no traceback."""
-    from mllib.seaweed import free_port
+    from mllib.testing.seaweed import free_port
 
     secret = "sEcReT" + "9" * 30
     env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="a",

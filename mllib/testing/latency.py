@@ -1,0 +1,155 @@
+"""A loopback TCP proxy that adds a fixed delay to every HTTP request, to put a real S3 server "far away".
+
+    with LatencyProxy(("127.0.0.1", 8333), delay_s=0.030) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url      # every request now waits 30 ms before it is forwarded
+
+It listens on 127.0.0.1 only and forwards to one target address. A request is the first bytes a client sends
+after the connection opens or after the server last answered (HTTP/1.1 keep-alive, no pipelining): those bytes
+wait `delay_s` before they are forwarded; the rest of the request and every response pass straight through.
+`peak` counts the most requests in flight at once (sent, not yet answered), so a test can see that a client
+overlaps its requests without timing anything. Bounded: it refuses connections past `max_connections` and
+stops by itself after `max_seconds`.
+
+    python3 -m mllib.testing.latency --target 127.0.0.1:8333 --delay_ms 30 --seconds 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+
+
+class LatencyProxy:
+    def __init__(self, target: tuple[str, int], delay_s: float, port: int = 0, max_seconds: float = 3600.0,
+                 max_connections: int = 1024):
+        self.target = target
+        self.delay_s = float(delay_s)
+        self.deadline = time.monotonic() + max_seconds
+        self.max_connections = max_connections
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.listen(256)
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.connections = 0
+        self.in_flight = 0
+        self.peak = 0
+        self._thread = threading.Thread(target=self._accept, name="latency-proxy", daemon=True)
+
+    def start(self) -> LatencyProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def __enter__(self) -> LatencyProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _running(self) -> bool:
+        return not self._stop.is_set() and time.monotonic() < self.deadline
+
+    def _accept(self) -> None:
+        while self._running():
+            try:
+                client, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                refuse = self.connections > self.max_connections
+            if refuse:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            for s in (client, server):
+                s.settimeout(0.5)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            state = {"request": True, "open": 0}  # the next client bytes start a request
+            threading.Thread(target=self._pipe, args=(client, server, state, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, state, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, state: dict, upstream: bool) -> None:
+        try:
+            while self._running():
+                try:
+                    data = src.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                with self._lock:
+                    if upstream and state["request"]:
+                        state["request"] = False
+                        state["open"] += 1
+                        self.requests += 1
+                        self.in_flight += 1
+                        self.peak = max(self.peak, self.in_flight)
+                        delay = True
+                    else:
+                        delay = False
+                    if not upstream and state["open"]:
+                        state["open"] -= 1
+                        self.in_flight -= 1
+                    if not upstream:
+                        state["request"] = True
+                if delay and self.delay_s > 0:
+                    time.sleep(self.delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                if state["open"]:
+                    self.in_flight -= state["open"]
+                    state["open"] = 0
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", required=True, help="HOST:PORT to forward to (an S3 endpoint on this machine)")
+    p.add_argument("--delay_ms", type=float, default=30.0, help="delay added to each request")
+    p.add_argument("--port", type=int, default=0, help="port to listen on, on 127.0.0.1 (0: a free one)")
+    p.add_argument("--seconds", type=float, default=600.0, help="stop after this long")
+    args = p.parse_args(argv)
+    host, _, port = args.target.rpartition(":")
+    proxy = LatencyProxy((host or "127.0.0.1", int(port)), args.delay_ms / 1000, args.port, args.seconds).start()
+    print(f"AWS_ENDPOINT_URL={proxy.url}  (+{args.delay_ms:g} ms per request to {args.target}, "
+          f"for {args.seconds:g} s)", flush=True)
+    try:
+        while proxy._running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    proxy.stop()
+    print(f"{proxy.requests} requests, at most {proxy.peak} at once")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
