@@ -23,10 +23,13 @@ import cv2
 import numpy as np
 from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
-from mllib import classes, images, labels, tfrecord
+from mllib import images
 from mllib import store as mstore
-from mllib.cocoindex import CocoIndex
-from mllib.trainingset import Conversion, Entry
+from mllib.labels import classes
+from mllib.labels import render as labels
+from mllib.labels.cocoindex import CocoIndex
+from mllib.records import tfrecord
+from mllib.records.convert import Conversion, Entry
 
 
 def load(shared: Path):

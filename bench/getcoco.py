@@ -24,8 +24,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from mllib import download
 from mllib import store as mstore
+from mllib.get import download
 from mllib.testing.seaweed import SeaweedS3, free_port
 
 

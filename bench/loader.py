@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
-from mllib import classes
 from mllib import store as mstore
-from mllib.augment import affine
-from mllib.cocodataset import CocoDataset
-from mllib.cocoindex import INDEX_VERSION, CocoIndex
+from mllib.labels import classes
+from mllib.labels.cocoindex import INDEX_VERSION, CocoIndex
+from mllib.loaders.augment import affine
+from mllib.loaders.cocodataset import CocoDataset
 
 
 def rss_mb() -> float:

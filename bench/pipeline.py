@@ -35,7 +35,7 @@ import torch
 from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
 from mllib import store as mstore
-from mllib.cocodataset import CocoDataset, worker_init_fn
+from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 
 RESULTS: dict = {}
 AUG = dict(rotate=15, scale_min=0.75, scale_max=1.25, offset=0.1, flipX=True, flipY=True)
@@ -55,11 +55,14 @@ def seedlike(store, size, **kw):
 
 
 def one_process(ds, n: int) -> float:
-    for i in range(4):
-        ds[i]
+    """Samples/s of one process calling ds[i] in a shuffled order over the whole set (the loader's access
+    pattern: a few repeated images would sit in the CPU caches and flatter the figure)."""
+    order = np.random.default_rng(1).permutation(len(ds))
+    for i in order[:4]:
+        ds[int(i)]
     t0 = time.perf_counter()
-    for i in range(n):
-        ds[i % len(ds)]
+    for k in range(n):
+        ds[int(order[(4 + k) % len(ds)])]
     return n / (time.perf_counter() - t0)
 
 
@@ -170,9 +173,9 @@ def latency(shared: Path, tmp: Path, size: int, batch: int, workers: int, delay_
 
 
 def records(store, size, batch, workers, seconds, pin, coco_rate) -> dict:
-    from mllib import records as mrecords
-    from mllib.augment import Augment
-    from mllib.trainingset import Conversion, parse_entries
+    from mllib.loaders.augment import Augment
+    from mllib.records import read as mrecords
+    from mllib.records.convert import Conversion, parse_entries
 
     t0 = time.perf_counter()
     entries = parse_entries([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017",
@@ -214,7 +217,7 @@ def cuda_part(store, size, batch, workers, epochs, tmp: Path) -> dict | None:
     if not torch.cuda.is_available():
         say("CUDA: skipped (no GPU here): GPU-only step rate and end-to-end training are measured on a CUDA machine")
         return None
-    from mllib import train
+    from mllib.training import train
 
     common = dict(trainingset="datasets/coco/annotations/instances_val2017.json",
                   train_image_path="datasets/coco/val2017", valset="", val_fraction=0.0, height=size, width=size,
@@ -253,7 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default=None, help="worker counts (default 1,2,... up to cores - 1)")
     ap.add_argument("--float_workers", default="", help="worker counts for the seed's float32 output too")
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per DataLoader figure")
-    ap.add_argument("--one_process", type=int, default=60, help="samples for the one-process rate")
+    ap.add_argument("--one_process", type=int, default=200, help="samples for the one-process rate")
     ap.add_argument("--latency_ms", type=float, default=30.0)
     ap.add_argument("--latency_images", type=int, default=400)
     ap.add_argument("--train_epochs", type=int, default=3, help="epochs of each end-to-end CUDA run")

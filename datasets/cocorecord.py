@@ -22,7 +22,8 @@ from __future__ import annotations
 import getpass
 import sys
 
-from mllib import cli, trainingset
+from mllib import cli
+from mllib.records import convert as trainingset
 
 
 def parse_args(argv=None):

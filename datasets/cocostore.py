@@ -1,6 +1,6 @@
 """CocoDataset and CocoStore: COCO straight from the object store, for PyTorch training and for looking at it.
 
-    from cocostore import CocoDataset, CocoStore        # or: from mllib.cocodataset import ...
+    from cocostore import CocoDataset, CocoStore        # or: from mllib.loaders.cocodataset import ...
     trainingset = CocoDataset(s3=s3, bucket=bucket, dataset_desc=args.trainingset,
         image_paths=args.train_image_path, class_dictionary=class_dictionary,
         height=args.height, width=args.width, imflags=args.imflags, astype='float32')
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import cli, display
-from mllib.cocodataset import CocoDataset, CocoStore
+from mllib import cli
+from mllib.labels import display
+from mllib.loaders.cocodataset import CocoDataset, CocoStore
 
 __all__ = ["CocoDataset", "CocoStore", "main"]
 

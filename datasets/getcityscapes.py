@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from mllib import cityscapes, cli, download
+from mllib import cli
+from mllib.get import cityscapes, download
 
 
 def parse_args(argv=None):

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from mllib import MllibError, cli, download
+from mllib import MllibError, cli
+from mllib.get import download
 
 log = logging.getLogger("getcoco")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import sys
 
-from mllib import MllibError, classes, cli, display, records
+from mllib import MllibError, cli
+from mllib.labels import classes, display
+from mllib.records import read as records
 
 
 def parse_args(argv=None):

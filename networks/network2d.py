@@ -69,7 +69,7 @@ def parse_args(argv=None):
 def run(args) -> int:
     from dataclasses import fields
 
-    from mllib import train
+    from mllib.training import train
 
     store = cli.open_store(args)
     cfg = train.TrainConfig(**{f.name: getattr(args, f.name) for f in fields(train.TrainConfig)})

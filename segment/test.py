@@ -25,7 +25,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> int:
-    from mllib import tfseg
+    from mllib.training import tfseg
 
     store = cli.open_store(args)
     r = tfseg.test(store, args.trainingset, args.model, set_name=args.set, batch_size=args.batch_size,

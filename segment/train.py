@@ -33,7 +33,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> int:
-    from mllib import tfseg
+    from mllib.training import tfseg
 
     store = cli.open_store(args)
     info = tfseg.train(store, args.trainingset, args.savedmodelname, epochs=args.epochs,

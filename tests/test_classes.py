@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mllib import classes
-from mllib.classes import ClassDictionaryError
+from mllib.labels import classes
+from mllib.labels.classes import ClassDictionaryError
 
 from .conftest import shared_path
 

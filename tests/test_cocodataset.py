@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mllib import classes
-from mllib.cocodataset import CocoDataset, CocoStore, SampleError
+from mllib.labels import classes
+from mllib.loaders.cocodataset import CocoDataset, CocoStore, SampleError
 
 from .cocofake import make_coco
 from .conftest import put_real_val2017

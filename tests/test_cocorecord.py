@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import classes, images, records, tfrecord
-from mllib.cocoindex import CocoIndex
-from mllib.labels import Renderer
+from mllib import images
+from mllib.labels import classes
+from mllib.labels.cocoindex import CocoIndex
+from mllib.labels.render import Renderer
+from mllib.records import read as records
+from mllib.records import tfrecord
 
 from .cocofake import jpeg, make_coco, png
 from .conftest import put_real_val2017, shared_path

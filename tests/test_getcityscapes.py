@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mllib import cityscapes
+from mllib.get import cityscapes
 from mllib.testing.mirror import CityscapesSite, Faults, Mirror
 
 from .cocofake import png

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mllib import download
+from mllib.get import download
 from mllib.store import TMP_MARK
 from mllib.testing.mirror import Faults, Mirror
 

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import requests
 
-from mllib import download, images
+from mllib import images
 from mllib import store as mstore
-from mllib.cityscapes import CityscapesError, specs
+from mllib.get import download
+from mllib.get.cityscapes import CityscapesError, specs
 from mllib.testing.mirror import Mirror
 
 from .cocofake import jpeg, make_coco, make_coco_zips, put_coco
@@ -522,7 +523,7 @@ def _png_header(w: int, h: int, gray: bool = True) -> bytes:
 
 
 def test_decompression_bomb_is_a_bad_sample(local_store, tmp_path):
-    from mllib.cocodataset import CocoDataset, SampleError
+    from mllib.loaders.cocodataset import CocoDataset, SampleError
 
     bomb = _png_header(30000, 30000)
     with pytest.raises(images.ImageError, match="over the limit"):
@@ -572,7 +573,7 @@ def test_image_corrupt_in_the_middle_is_skipped_in_conversion(tmp_path):
 
 # -- 19. the index cache is tied to the JSON's content ----------------------------------------------------------------------
 def test_index_cache_follows_content_not_size(any_store, tmp_path):
-    from mllib.cocoindex import CocoIndex
+    from mllib.labels.cocoindex import CocoIndex
 
     d = put_coco(any_store, tmp_path, n=3)
     key = "datasets/coco/annotations/instances_val2017.json"

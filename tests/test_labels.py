@@ -10,9 +10,10 @@ import pytest
 from pycocotools import mask as maskutil
 from pycocotools.coco import COCO
 
-from mllib import classes, images
-from mllib.cocoindex import CocoIndex
-from mllib.labels import LabelError, Renderer
+from mllib import images
+from mllib.labels import classes
+from mllib.labels.cocoindex import CocoIndex
+from mllib.labels.render import LabelError, Renderer
 
 from .cocofake import CATEGORIES, jpeg, rle_uncompressed
 from .conftest import shared_path
@@ -213,7 +214,7 @@ def test_render_equals_reference_on_real_images(crowd):
 
 
 def test_rle_counts_match_pycocotools():
-    from mllib.labels import rle_counts
+    from mllib.labels.render import rle_counts
 
     rng = np.random.default_rng(3)
     for n in range(30):

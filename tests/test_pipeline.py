@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from mllib import layout, train
-from mllib.augment import Augment
-from mllib.cocodataset import CocoDataset, worker_init_fn
-from mllib.gpu import BatchPrep, DevicePrefetcher
-from mllib.records import RecordsDataset
+from mllib import layout
+from mllib.loaders.augment import Augment
+from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
+from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
+from mllib.records.read import RecordsDataset
 from mllib.testing.latency import LatencyProxy
-from mllib.unet import UNet
+from mllib.training import train
+from mllib.training.unet import UNet
 
 from .cocofake import put_coco
 from .test_training import load_script
@@ -194,7 +195,7 @@ def test_records_dataset_same_samples_any_worker_count(local_store, tmp_path):
 
 
 def test_records_dataset_without_augmentation_matches_the_set(local_store, tmp_path):
-    from mllib import records
+    from mllib.records import read as records
 
     make_set(local_store, tmp_path, n=6)
     plain = {hashlib.sha256(r["label"].tobytes()).hexdigest()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mllib import train
-from mllib.metrics import ConfusionMatrix
-from mllib.unet import UNet
+from mllib.training import train
+from mllib.training.metrics import ConfusionMatrix
+from mllib.training.unet import UNet
 
 from .cocofake import make_coco
 

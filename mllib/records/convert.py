@@ -24,13 +24,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mllib import MllibError, classes, images, labels, tfrecord
-from mllib.cocoindex import CocoIndex
+from mllib import MllibError, images, layout
+from mllib.labels import classes
+from mllib.labels import render as labels
+from mllib.labels.cocoindex import CocoIndex
+from mllib.records import tfrecord
 from mllib.store import NotFound, Store
 
 log = logging.getLogger(__name__)
 
-PREFIX = "trainingsets"
 
 
 @dataclass
@@ -266,7 +268,7 @@ class Conversion:
 
     @property
     def prefix(self) -> str:
-        return f"{PREFIX}/{self.name}"
+        return layout.trainingset(self.name)
 
     def config(self) -> dict:
         return {"entries": [asdict(e) for e in self.entries], "classes_file": self.classes_file,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mllib.classes import ClassDictionary
+from mllib.labels.classes import ClassDictionary
 
 
 def tile(image: np.ndarray, label: np.ndarray, classes: ClassDictionary, size: int = 256, alpha: float = 0.5,

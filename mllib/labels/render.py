@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from mllib import MllibError
-from mllib.classes import ClassDictionary
-from mllib.cocoindex import KIND_BAD, KIND_POLY, CocoIndex
+from mllib.labels.classes import ClassDictionary
+from mllib.labels.cocoindex import KIND_BAD, KIND_POLY, CocoIndex
 
 STUFF_OTHER = 183
 

@@ -30,13 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mllib import MllibError, classes, layout
-from mllib.augment import Augment
-from mllib.cocodataset import CocoDataset, worker_init_fn
-from mllib.gpu import BatchPrep, DevicePrefetcher
-from mllib.metrics import ConfusionMatrix
+from mllib import MllibError, layout
+from mllib.labels import classes
+from mllib.loaders.augment import Augment
+from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
+from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
-from mllib.unet import UNet
+from mllib.training.metrics import ConfusionMatrix
+from mllib.training.unet import UNet
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def _augment(enable: bool) -> Augment:
 def datasets(cfg: TrainConfig, store: Store, class_dict, rank: int, world: int):
     """(train, val) datasets yielding compact uint8 samples; val may be empty."""
     if cfg.records:
-        from mllib.records import RecordsDataset, description
+        from mllib.records.read import RecordsDataset, description
 
         sets = description(store, cfg.records)["sets"]
         common = dict(height=cfg.height, width=cfg.width, seed=cfg.seed, rank=rank, world_size=world)

@@ -32,8 +32,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from mllib import MllibError
-from mllib.fsutil import commit
 from mllib.store import PART_SIZE, Cancelled, NotFound, Store, etag_of_bytes, run_all
+from mllib.store.atomic import commit
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import MllibError, classes, records
-from mllib.metrics import ConfusionMatrix
+from mllib import MllibError
+from mllib.labels import classes
+from mllib.records import read as records
 from mllib.store import NotFound, Store
+from mllib.training.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ import json
 
 import numpy as np
 
-from mllib import MllibError, images, layout, tfrecord
-from mllib.augment import Augment, chw_uint8, warp
+from mllib import MllibError, images, layout
+from mllib.loaders.augment import Augment, chw_uint8, warp
+from mllib.records import tfrecord
 from mllib.store import NotFound, Store
 
 

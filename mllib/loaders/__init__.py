@@ -1,0 +1,6 @@
+"""Stage 5, loaders: samples from the store (or a TFRecord set) to the GPU.
+
+    augment.py      the single-warp augmentation shared by every loader (Augment, warp, place)
+    cocodataset.py  CocoDataset / CocoStore: PyTorch Dataset over COCO in the store (mllib.cocodataset)
+    gpu.py          the device end: BatchPrep (uint8 -> normalized float, channels_last), DevicePrefetcher
+"""

@@ -1,0 +1,289 @@
+"""The S3 backend (boto3): MinIO, SeaweedFS, Ceph or AWS, following boto3's conventions.
+
+Credentials from the default chain (environment, ~/.aws/credentials, AWS_PROFILE), the endpoint from
+AWS_ENDPOINT_URL (or endpoint_url=), TLS verified with botocore's own CA bundle resolution (AWS_CA_BUNDLE, the
+profile's ca_bundle) unless ca_bundle= or verify=False says otherwise. Writes are one PUT or a multipart upload
+completed only when every part is in (aborted on failure). Every botocore error goes through one translation
+(`_call` / `_error`): one line naming the store and the fix, never a secret. Each process makes its own client,
+so a store may travel to DataLoader workers. The only module besides fastput.py that imports boto3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from mllib.store.base import PART_SIZE, NotFound, ObjectInfo, Store, StoreError, clean_key
+from mllib.store.fastput import FastPut
+
+log = logging.getLogger(__name__)
+
+
+def _bx():
+    from botocore import exceptions
+
+    return exceptions
+
+
+class S3Store(Store):
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        ca_bundle: str | None = None,
+        verify: bool = True,
+        max_pool_connections: int = 64,
+        fast_put: bool = True,
+    ):
+        rest = url[len("s3://") :].strip("/")
+        if not rest:
+            raise StoreError(f"store URL {url!r} names no bucket: use s3://bucket[/prefix]")
+        self.bucket, _, prefix = rest.partition("/")
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self.verify = ca_bundle if ca_bundle else verify
+        self.max_pool_connections = max_pool_connections
+        self._client = None
+        self._pid = None
+        self._lock = threading.Lock()
+        self.fast_put = FastPut(self, enabled=fast_put)
+
+    def with_bucket(self, bucket: str) -> Store:
+        if bucket == self.bucket:
+            return self
+        return S3Store(f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else ""), endpoint_url=self.endpoint_url,
+                       verify=self.verify, max_pool_connections=self.max_pool_connections,
+                       fast_put=self.fast_put.enabled)
+
+    # a store travels to worker processes without its client; each process makes its own
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_client=None, _pid=None, _lock=None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None or self._pid != os.getpid():
+            if self._pid != os.getpid():
+                self._lock = threading.Lock()  # a lock inherited through fork may be held by a dead thread
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    self._client = self._make_client()
+                    self._pid = os.getpid()
+        return self._client
+
+    def _make_client(self):
+        import boto3
+        from botocore.config import Config
+
+        cfg = dict(
+            retries={"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8), "mode": "standard"},  # throttling (503 SlowDown), 5xx, resets, timeouts
+            max_pool_connections=self.max_pool_connections,
+            connect_timeout=10,
+            read_timeout=120,
+            tcp_keepalive=True,
+        )
+        try:  # botocore >= 1.36: do not compute CRC checksums of every body unless the server requires one
+            cfg_obj = Config(
+                **cfg, request_checksum_calculation="when_required", response_checksum_validation="when_required"
+            )
+        except TypeError:
+            cfg_obj = Config(**cfg)
+        if self.endpoint_url:
+            cfg_obj = cfg_obj.merge(Config(s3={"addressing_style": "path"}))
+        session = boto3.session.Session()
+        # verify=None lets botocore find the CA bundle itself (AWS_CA_BUNDLE, the profile's ca_bundle); passing
+        # True would pin its default bundle and ignore both
+        verify = None if self.verify is True else self.verify
+        return session.client("s3", endpoint_url=self.endpoint_url or None, verify=verify, config=cfg_obj)
+
+    def ca_bundle(self) -> str | None:
+        """The CA bundle TLS is verified with: --ca_bundle, else AWS_CA_BUNDLE / the profile's ca_bundle (what
+        botocore uses), else None (the default bundle)."""
+        if isinstance(self.verify, str):
+            return self.verify
+        import boto3
+
+        return boto3.session.Session()._session.get_config_variable("ca_bundle") or None
+
+    def _k(self, key: str) -> str:
+        key = clean_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _unk(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    # -- error translation: one clear line, no secrets ---------------------------------------------------------
+    def _error(self, e: Exception, what: str, key: str | None = None) -> StoreError:
+        bx = _bx()
+        where = self.url_for(key) if key else self.url
+        endpoint = self.endpoint_url or "AWS"
+        if isinstance(e, bx.NoCredentialsError):
+            return StoreError(f"{where}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                              "or AWS_PROFILE / ~/.aws/credentials")
+        if isinstance(e, bx.EndpointConnectionError | bx.ConnectTimeoutError):
+            return StoreError(f"{where}: cannot reach the S3 endpoint {endpoint}. Check that the server runs and "
+                              "that AWS_ENDPOINT_URL (or --endpoint_url) points at it")
+        if isinstance(e, bx.SSLError):
+            return StoreError(f"{where}: TLS certificate of {endpoint} not trusted. Pass --ca_bundle FILE (or set "
+                              "AWS_CA_BUNDLE)")
+        if isinstance(e, bx.ClientError):
+            return self._client_error(e, what, where, endpoint)
+        if isinstance(e, bx.BotoCoreError):
+            return StoreError(f"{where}: S3 {what} failed: {type(e).__name__}")
+        return StoreError(f"{where}: S3 {what} failed: {type(e).__name__}")
+
+    def _client_error(self, e, what: str, where: str, endpoint: str) -> StoreError:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
+            return StoreError(f"{where}: the S3 server at {endpoint} rejected the credentials ({code}). Check "
+                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+        if code in ("AccessDenied", "403") or status == 403:
+            return StoreError(f"{where}: access denied by {endpoint} ({code or status}). Check the credentials "
+                              f"(AWS_ACCESS_KEY_ID / AWS_PROFILE) and that they may {what} in bucket {self.bucket}")
+        if code == "NoSuchBucket" or (what == "HeadBucket" and status == 404):
+            return StoreError(f"{where}: bucket {self.bucket!r} does not exist on {endpoint}. Create it "
+                              f"(aws s3 mb s3://{self.bucket}) or fix the store URL")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return NotFound(f"{where} does not exist")
+        return StoreError(f"{where}: S3 {what} failed: {code or status}")
+
+    def _call(self, what: str, key: str | None, fn: Callable, **kw):
+        """fn(**kw), with every botocore error translated into one StoreError line (NotFound for a 404)."""
+        bx = _bx()
+        try:
+            return fn(**kw)
+        except (bx.ClientError, bx.BotoCoreError) as e:
+            raise self._error(e, what, key) from None
+
+    def check(self) -> None:
+        """Probe the bucket once: clear errors for credentials, a missing bucket, an unreachable endpoint."""
+        try:
+            self._call("HeadBucket", None, self.client.head_bucket, Bucket=self.bucket)
+        except StoreError as e:
+            if "access denied" in str(e):  # HEAD has no body: ask again with a GET to learn why
+                self._call("list", None, self.client.list_objects_v2, Bucket=self.bucket, MaxKeys=1)
+            raise
+
+    # -- primitives -------------------------------------------------------------------------------------------
+    def _head(self, key: str) -> dict | None:
+        try:
+            return self._call("HeadObject", key, self.client.head_object, Bucket=self.bucket, Key=self._k(key))
+        except NotFound:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def size(self, key: str) -> int:
+        h = self._head(key)
+        if h is None:
+            raise NotFound(f"{self.url_for(key)} does not exist")
+        return int(h["ContentLength"])
+
+    def get_bytes(self, key: str) -> bytes:
+        bx = _bx()
+        for attempt in range(4):
+            body = self.open(key)
+            try:
+                return body.read()
+            except (bx.BotoCoreError, OSError) as e:  # connection reset while reading the body
+                if attempt == 3:
+                    raise self._error(e, "GetObject", key) from None
+                time.sleep(0.2 * 2**attempt)
+            finally:
+                body.close()
+        raise AssertionError("unreachable")
+
+    def open(self, key: str) -> BinaryIO:
+        r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key))
+        return r["Body"]
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
+        full = self._k(key)
+        first = _read_full(stream, PART_SIZE)
+        if len(first) < PART_SIZE:  # small object: one PUT, atomic by itself
+            if not self.fast_put.put(full, first):
+                self._call("PutObject", key, self.client.put_object, Bucket=self.bucket, Key=full, Body=first)
+            return
+        up = self._call("CreateMultipartUpload", key, self.client.create_multipart_upload, Bucket=self.bucket, Key=full)
+        upload_id = up["UploadId"]
+        parts = []
+        try:
+            data, n = first, 1
+            while data:
+                r = self._call(
+                    "UploadPart",
+                    key,
+                    self.client.upload_part,
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=n,
+                    Body=data,
+                )
+                parts.append({"PartNumber": n, "ETag": r["ETag"]})
+                n += 1
+                data = _read_full(stream, PART_SIZE)
+            self._call(
+                "CompleteMultipartUpload",
+                key,
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - best effort; the original error matters
+                log.warning("could not abort multipart upload of %s", self.url_for(key))
+            raise
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._k(prefix) if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
+        if prefix.endswith("/") and not full.endswith("/"):
+            full += "/"
+        token: dict = {}
+        while True:
+            page = self._call("ListObjects", prefix or None, self.client.list_objects_v2, Bucket=self.bucket,
+                              Prefix=full, **token)
+            for o in page.get("Contents", ()):
+                yield ObjectInfo(self._unk(o["Key"]), int(o["Size"]), o.get("ETag", "").strip('"') or None)
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def delete(self, key: str) -> None:
+        self._call("DeleteObject", key, self.client.delete_object, Bucket=self.bucket, Key=self._k(key))
+
+    def url_for(self, key: str = "") -> str:
+        return f"{self.url}/{key.strip('/')}" if key else self.url
+
+    def checksum(self, info: ObjectInfo) -> str:
+        return info.etag or ""
+
+
+
+
+def _read_full(stream: BinaryIO, n: int) -> bytes:
+    """Read exactly n bytes unless the stream ends first (raw streams may return short reads)."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
