@@ -28,7 +28,7 @@ from mllib import store as mstore
 from mllib.labels import classes
 from mllib.labels import render as labels
 from mllib.labels.cocoindex import CocoIndex
-from mllib.records import tfrecord
+from mllib.records import schema, tfrecord
 from mllib.records.convert import Conversion, Entry
 
 
@@ -43,10 +43,9 @@ def load(shared: Path):
 
 
 def example(img, fmt, h, w, label, d):
-    return tfrecord.frame(tfrecord.encode_example({
-        "image/height": h, "image/width": w, "image/depth": 3, "image/encoded": img, "image/format": fmt,
-        "image/filename": "x.jpg", "image/source_id": "1", "label/encoded": images.encode_label_png(label),
-        "label/format": "png", "label/classes": labels.presence(label, d.classes).tolist()}))  # fmt: skip
+    return tfrecord.frame(tfrecord.encode_example(schema.example(
+        image=img, fmt=fmt, height=h, width=w, label_png=images.encode_label_png(label),
+        classes=labels.presence(label, d.classes).tolist(), filename="x.jpg", source_id="1")))
 
 
 def ours(items, r, d):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from mllib import cli
+from mllib import cli, layout
 from mllib.get import cityscapes, download
 
 
@@ -46,7 +46,7 @@ def run(args) -> int:
     user, password = cityscapes.credentials(args.credentials_file)
     cityscapes.login(session, args.base_url, user, password)
     specs = cityscapes.specs(session, args.base_url, packages)
-    prefix = f"datasets/{args.dataset}"
+    prefix = layout.dataset(args.dataset)
     summary = download.Job.from_args(specs, store, prefix, args, session=session).run()
     print(f"Cityscapes in {store.url_for(prefix)}")
     print(summary.line())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from mllib import MllibError, cli
+from mllib import MllibError, cli, layout
 from mllib.get import download
 
 log = logging.getLogger("getcoco")
@@ -98,7 +98,7 @@ def run(args) -> int:
         names += [n for n in UNPINNED_FILES if n not in names]
     specs = specs_for(names, args.base_url, args.checksums)
     store = cli.open_store(args)
-    prefix = f"datasets/{args.dataset}"
+    prefix = layout.dataset(args.dataset)
     summary = download.Job.from_args(specs, store, prefix, args).run()
     print(f"COCO in {store.url_for(prefix)}")
     print(summary.line())

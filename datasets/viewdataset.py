@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import sys
 
-from mllib import MllibError, cli
+from mllib import MllibError, cli, layout
 from mllib.labels import classes, display
 from mllib.records import read as records
 
@@ -41,7 +41,7 @@ def run(args) -> int:
         raise MllibError(f"set {args.set} of {args.trainingset_name} has no records")
     out = args.out or f"{args.trainingset_name}_{args.set}.png"
     display.write_png(out, display.contact_sheet(samples, d, cols=args.cols, size=args.size))
-    print(f"wrote {out}: {len(samples)} records of {store.url_for('trainingsets/' + args.trainingset_name)} "
+    print(f"wrote {out}: {len(samples)} records of {store.url_for(layout.trainingset(args.trainingset_name))} "
           f"({args.set})")
     return 0
 

@@ -17,20 +17,20 @@ import sys
 
 import cv2
 
-from mllib import cli
+from mllib import cli, layout
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
     p.add_argument("--bucket", "-bucket", default=None, help="bucket overriding the store's (as in the seed)")
-    p.add_argument("--trainingset", "-trainingset", default="datasets/coco/annotations/instances_train2017.json",
+    p.add_argument("--trainingset", "-trainingset", default=layout.coco_instances("coco", "train2017"),
                    help="key of the training annotation JSON in the store")
-    p.add_argument("--train_image_path", "-train_image_path", default="datasets/coco/train2017",
+    p.add_argument("--train_image_path", "-train_image_path", default=layout.coco_images("coco", "train2017"),
                    help="key prefix of the training images")
-    p.add_argument("--valset", "-valset", default="datasets/coco/annotations/instances_val2017.json",
+    p.add_argument("--valset", "-valset", default=layout.coco_instances("coco", "val2017"),
                    help="key of the validation annotation JSON ('' = hold out --val_fraction of the training set)")
-    p.add_argument("--val_image_path", "-val_image_path", default="datasets/coco/val2017",
+    p.add_argument("--val_image_path", "-val_image_path", default=layout.coco_images("coco", "val2017"),
                    help="key prefix of the validation images")
     p.add_argument("--val_fraction", type=float, default=0.1, help="held-out fraction when --valset is ''")
     p.add_argument("--class_dictionary", "-class_dictionary", default="coco", help="class dictionary name or path")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from mllib import cli
+from mllib import cli, layout
 
 
 def parse_args(argv=None):
@@ -33,7 +33,7 @@ def run(args) -> int:
     per = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in r["iou"].items())
     miou = f"{r['miou']:.3f}" if r["miou"] is not None else "-"
     print(f"{args.model} on {args.trainingset}/{args.set}: mIoU {miou} ({per}); {r['images']} images -> "
-          f"{store.url_for(f'trainingsets/{args.trainingset}/tests.json')}")
+          f"{store.url_for(layout.trainingset(args.trainingset) + '/tests.json')}")
     return 0
 
 

@@ -56,6 +56,19 @@ def any_store(request, tmp_path):
     return request.getfixturevalue("s3_store")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(rel: str):
+    """A script of the project (datasets/getcoco.py ...) as a module, to call its main([...]) in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_")[:-3], ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def shared_path(*parts: str) -> Path:
     p = SHARED.joinpath(*parts)
     if not p.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,19 +13,10 @@ import torch
 from mllib.labels import classes
 from mllib.loaders.cocodataset import CocoDataset, CocoStore, SampleError
 
-from .cocofake import make_coco
-from .conftest import put_real_val2017
+from .cocofake import put_coco
+from .conftest import load_script, put_real_val2017
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def put_coco(store, tmp_path, n=6):
-    src = tmp_path / "src"
-    d = make_coco(src, "val2017", n, seed=1, hw=(60, 80))
-    for im in d["images"]:
-        store.put_file(f"datasets/coco/val2017/{im['file_name']}", src / "val2017" / im["file_name"])
-    store.put_bytes("datasets/coco/annotations/instances_val2017.json", json.dumps(d).encode())
-    return d
 
 
 def dataset(store, **kw):
@@ -194,9 +184,7 @@ def test_cocostore_and_script(local_store, tmp_path):
     img, label, present = cs[0]
     assert img.shape == (60, 80, 3) and label.shape == (60, 80) and present.tolist()[1] == 1.0
     assert cs.colorize(label).shape == (60, 80, 3) and cs.merge(img, label).dtype == np.uint8
-    spec = importlib.util.spec_from_file_location("cocostore", ROOT / "datasets" / "cocostore.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("datasets/cocostore.py")
     assert mod.CocoDataset is CocoDataset
     assert mod.main(["--store", local_store.url, "-n", "2", "--out", str(tmp_path / "s"), "--height", "40",
                      "--width", "50"]) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,24 +14,16 @@ from mllib.labels.render import Renderer
 from mllib.records import read as records
 from mllib.records import tfrecord
 
-from .cocofake import jpeg, make_coco, png
-from .conftest import put_real_val2017, shared_path
+from .cocofake import jpeg, png, put_coco
+from .conftest import load_script, put_real_val2017, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("cocorecord", ROOT / "datasets" / "cocorecord.py")
-cocorecord = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cocorecord)
+cocorecord = load_script("datasets/cocorecord.py")
 
 
-def put_coco(store, tmp_path, n_val=7, n_train=5):
-    src = tmp_path / "src"
-    val = make_coco(src, "val2017", n_val, seed=1)
-    train = make_coco(src, "train2017", n_train, seed=2)
-    for split, d in (("val2017", val), ("train2017", train)):
-        for im in d["images"]:
-            store.put_file(f"datasets/coco/{split}/{im['file_name']}", src / split / im["file_name"])
-        store.put_bytes(f"datasets/coco/annotations/instances_{split}.json", json.dumps(d).encode())
-    return val, train
+def put_val_train(store, tmp_path, n_val=7, n_train=5):
+    return (put_coco(store, tmp_path, "val2017", n_val, seed=1, hw=(48, 64)),
+            put_coco(store, tmp_path, "train2017", n_train, seed=2, hw=(48, 64)))
 
 
 def convert(store, name="t", *extra):
@@ -47,7 +38,7 @@ def all_records(store, name, set_name):
 def test_records_parse_with_tf_and_labels_equal_renderer(any_store, tmp_path, capsys):
     import tensorflow as tf
 
-    val, _ = put_coco(any_store, tmp_path)
+    val, _ = put_val_train(any_store, tmp_path)
     assert convert(any_store) == 0
     assert "wrote 12 records to 5 shards" in capsys.readouterr().out
     desc = records.description(any_store, "t")
@@ -84,7 +75,7 @@ def test_records_parse_with_tf_and_labels_equal_renderer(any_store, tmp_path, ca
 
 
 def test_seeded_order_and_resume_gives_identical_shards(local_store, tmp_path):
-    put_coco(local_store, tmp_path, n_val=10, n_train=3)
+    put_val_train(local_store, tmp_path, n_val=10, n_train=3)
     assert convert(local_store, "r", "--seed", "5") == 0
     desc = records.description(local_store, "r")
     first = {s["name"]: s["sha256"] for s in desc["sets"]["val"]["shards"]}
@@ -113,7 +104,7 @@ def test_seeded_order_and_resume_gives_identical_shards(local_store, tmp_path):
 
 
 def test_jobs_2_gives_the_same_records(local_store, tmp_path):
-    put_coco(local_store, tmp_path, n_val=9, n_train=2)
+    put_val_train(local_store, tmp_path, n_val=9, n_train=2)
     assert convert(local_store, "one") == 0
     assert convert(local_store, "two", "--jobs", "2") == 0
     a = records.description(local_store, "one")["sets"]["val"]["shards"]
@@ -122,7 +113,7 @@ def test_jobs_2_gives_the_same_records(local_store, tmp_path):
 
 
 def test_grayscale_becomes_rgb_and_corrupt_is_skipped(local_store, tmp_path, capsys):
-    val, _ = put_coco(local_store, tmp_path, n_val=4, n_train=1)
+    val, _ = put_val_train(local_store, tmp_path, n_val=4, n_train=1)
     ims = val["images"]
     local_store.put_bytes(f"datasets/coco/val2017/{ims[0]['file_name']}", jpeg(48, 64, 9, gray=True))
     good = local_store.get_bytes(f"datasets/coco/val2017/{ims[1]['file_name']}")
@@ -142,7 +133,7 @@ def test_grayscale_becomes_rgb_and_corrupt_is_skipped(local_store, tmp_path, cap
 
 
 def test_unknown_category_fails_unless_skip_bad(local_store, tmp_path, capsys):
-    val, _ = put_coco(local_store, tmp_path, n_val=3, n_train=1)
+    val, _ = put_val_train(local_store, tmp_path, n_val=3, n_train=1)
     val["annotations"][0]["category_id"] = 250
     local_store.put_bytes("datasets/coco/annotations/instances_val2017.json", json.dumps(val).encode())
     assert convert(local_store) == 2
@@ -155,7 +146,7 @@ def test_unknown_category_fails_unless_skip_bad(local_store, tmp_path, capsys):
 
 
 def test_size_mismatch_is_reported(local_store, tmp_path):
-    val, _ = put_coco(local_store, tmp_path, n_val=2, n_train=1)
+    val, _ = put_val_train(local_store, tmp_path, n_val=2, n_train=1)
     val["images"][0]["height"] = 47
     local_store.put_bytes("datasets/coco/annotations/instances_val2017.json", json.dumps(val).encode())
     assert convert(local_store, "t", "--skip_bad") == 0
@@ -174,7 +165,7 @@ def _put_cityscapes(store):
 
 
 def test_coco_and_cityscapes_combine_into_one_set(any_store, tmp_path):
-    put_coco(any_store, tmp_path, n_val=3, n_train=1)
+    put_val_train(any_store, tmp_path, n_val=3, n_train=1)
     ids_path = _put_cityscapes(any_store)
     entries = [{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"},
                {"type": "cityscapes", "dataset": "cityscapes", "imagepath": "leftImg8bit/val",
@@ -196,7 +187,7 @@ def test_coco_and_cityscapes_combine_into_one_set(any_store, tmp_path):
 def test_torch_records_split_across_workers(local_store, tmp_path):
     import torch
 
-    put_coco(local_store, tmp_path, n_val=8, n_train=1)
+    put_val_train(local_store, tmp_path, n_val=8, n_train=1)
     assert convert(local_store, "t", "--shard_images", "2") == 0
     ds = records.TorchRecords(local_store, "t", "val")
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
@@ -207,11 +198,9 @@ def test_torch_records_split_across_workers(local_store, tmp_path):
 
 
 def test_viewdataset_writes_a_picture(local_store, tmp_path):
-    put_coco(local_store, tmp_path, n_val=3, n_train=1)
+    put_val_train(local_store, tmp_path, n_val=3, n_train=1)
     assert convert(local_store) == 0
-    spec = importlib.util.spec_from_file_location("viewdataset", ROOT / "datasets" / "viewdataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("datasets/viewdataset.py")
     out = tmp_path / "sheet.png"
     assert mod.main(["-trainingset_name", "t", "--store", local_store.url, "--set", "val", "-n", "3",
                      "--out", str(out), "--size", "64", "--cols", "3"]) == 0
@@ -252,7 +241,7 @@ def test_killed_conversion_resumes_to_the_same_records(local_store, tmp_path):
     import sys
     import time
 
-    put_coco(local_store, tmp_path, n_val=600, n_train=1)
+    put_val_train(local_store, tmp_path, n_val=600, n_train=1)
     entries = json.dumps([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"}])
     args = ["--store", local_store.url, "--no_progress", "--shard_images", "2", "--datasets", entries]
     assert convert(local_store, "clean", *args[3:]) == 0

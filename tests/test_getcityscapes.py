@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import zipfile
@@ -14,12 +13,10 @@ from mllib.get import cityscapes
 from mllib.testing.mirror import CityscapesSite, Faults, Mirror
 
 from .cocofake import png
-from .conftest import SHARED
+from .conftest import SHARED, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("getcityscapes", ROOT / "datasets" / "getcityscapes.py")
-getcityscapes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(getcityscapes)
+getcityscapes = load_script("datasets/getcityscapes.py")
 
 PASSWORD = "pw-" + "x7" * 10
 FRAME = "frankfurt/frankfurt_000000_000294"

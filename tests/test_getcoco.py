@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,20 +18,13 @@ from mllib.store import TMP_MARK
 from mllib.testing.mirror import Faults, Mirror
 
 from .cocofake import make_coco_zips, nested_zip_bytes
-from .conftest import shared_path
+from .conftest import load_script, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "datasets" / "getcoco.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("getcoco", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-getcoco = _load_script()
+getcoco = load_script("datasets/getcoco.py")
 FILES = ["annotations_trainval2017.zip", "stuff_annotations_trainval2017.zip",
          "panoptic_annotations_trainval2017.zip", "val2017.zip"]
 

@@ -28,9 +28,9 @@ from mllib.get.cityscapes import CityscapesError, specs
 from mllib.testing.mirror import Mirror
 
 from .cocofake import jpeg, make_coco, make_coco_zips, put_coco
+from .conftest import load_script
 from .crafted import Crafted
 from .test_getcoco import getcoco, run_getcoco
-from .test_training import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.urandom(3000)

@@ -22,7 +22,7 @@ from mllib.training import train
 from mllib.training.unet import UNet
 
 from .cocofake import put_coco
-from .test_training import load_script
+from .conftest import load_script
 
 
 def dataset(store, **kw):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,16 +13,10 @@ from mllib.training import train
 from mllib.training.metrics import ConfusionMatrix
 from mllib.training.unet import UNet
 
-from .cocofake import make_coco
+from .cocofake import put_coco
+from .conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(rel: str):
-    spec = importlib.util.spec_from_file_location(rel.replace("/", "_")[:-3], ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_iou_on_hand_made_arrays():
@@ -60,17 +53,13 @@ def test_unet_overfits_a_fixed_batch():
     assert (pred[y != 255] == y[y != 255]).float().mean() > 0.95
 
 
-def put_coco(store, tmp_path, n=6):
-    src = tmp_path / "src"
-    for split, seed in (("train2017", 1), ("val2017", 2)):
-        d = make_coco(src, split, n, seed=seed, hw=(48, 64))
-        for im in d["images"]:
-            store.put_file(f"datasets/coco/{split}/{im['file_name']}", src / split / im["file_name"])
-        store.put_bytes(f"datasets/coco/annotations/instances_{split}.json", json.dumps(d).encode())
+def put_train_val(store, tmp_path, n=6):
+    put_coco(store, tmp_path, "train2017", n, seed=1, hw=(48, 64))
+    put_coco(store, tmp_path, "val2017", n, seed=2, hw=(48, 64))
 
 
 def test_network2d_checkpoint_and_resume(local_store, tmp_path, capsys):
-    put_coco(local_store, tmp_path)
+    put_train_val(local_store, tmp_path)
     net = load_script("networks/network2d.py")
     metrics = tmp_path / "m.jsonl"
     common = ["--store", local_store.url, "--height", "32", "--width", "48", "--batch_size", "2", "--model_width", "4",
@@ -91,20 +80,31 @@ def test_network2d_checkpoint_and_resume(local_store, tmp_path, capsys):
     assert [m["step"] for m in ck2["metrics"]] == [3, 6, 7]
     assert len(metrics.read_text().splitlines()) == 3
     assert local_store.exists("models/t/metrics.jsonl")
-    # resuming restores exactly the saved state
     changed = any(not torch.equal(a, b) for a, b in zip(ck["model"].values(), ck2["model"].values(), strict=True))
-    assert changed
+    assert changed  # training went on from the first checkpoint
+    # resuming restores exactly the saved state: model weights and buffers, and the optimizer's moments and steps
+    model = UNet(3, 4, width=4, depth=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    epoch, step, history = train.restore(model, opt, None, ck2)
+    assert (epoch, step, len(history)) == (2, 7, 3)  # epoch 2 was cut short by --max_steps: it is run again
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck2["model"][k]), k
+    saved, now = ck2["optimizer"], opt.state_dict()
+    assert saved["param_groups"] == now["param_groups"] and saved["state"].keys() == now["state"].keys()
+    for p, st in saved["state"].items():
+        for name, value in st.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(now["state"][p][name])), (p, name)
 
 
 def test_network2d_resume_without_checkpoint_is_clear(local_store, tmp_path, capsys):
-    put_coco(local_store, tmp_path, n=2)
+    put_train_val(local_store, tmp_path, n=2)
     net = load_script("networks/network2d.py")
     assert net.main(["--store", local_store.url, "--resume", "--model_name", "none", "--num_workers", "0"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 
 def test_segment_train_and_test(local_store, tmp_path, capsys):
-    put_coco(local_store, tmp_path, n=4)
+    put_train_val(local_store, tmp_path, n=4)
     rec = load_script("datasets/cocorecord.py")
     assert rec.main(["-trainingset_name", "tiny", "--store", local_store.url, "--no_progress"]) == 0
     tr = load_script("segment/train.py")
@@ -130,7 +130,7 @@ def test_network2d_under_torchrun_ddp_on_cpu(local_store, tmp_path):
 
     from mllib.testing.seaweed import free_port
 
-    put_coco(local_store, tmp_path, n=8)
+    put_train_val(local_store, tmp_path, n=8)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "networks" / "network2d.py"), "--store", local_store.url, "--height", "32", "--width", "48",
            "--batch_size", "2", "--epochs", "1", "--num_workers", "0", "--model_width", "4", "--model_depth", "2",

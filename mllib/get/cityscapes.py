@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from mllib import MllibError
-from mllib.get.download import FileSpec, safe_url
+from mllib.get.fetch import FileSpec, safe_url
 
 log = logging.getLogger(__name__)
 

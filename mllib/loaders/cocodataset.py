@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from mllib import MllibError, images
+from mllib import MllibError, images, layout
 from mllib import store as mstore
 from mllib.labels import classes
 from mllib.labels.cocoindex import CocoIndex
@@ -145,8 +145,8 @@ class CocoDataset(torch.utils.data.Dataset):
         self,
         s3=None,
         bucket: str | None = None,
-        dataset_desc: str = "datasets/coco/annotations/instances_train2017.json",
-        image_paths: str = "datasets/coco/train2017",
+        dataset_desc: str = layout.coco_instances("coco", "train2017"),
+        image_paths: str = layout.coco_images("coco", "train2017"),
         class_dictionary="coco",
         height: int = 512,
         width: int = 512,
@@ -209,10 +209,8 @@ class CocoDataset(torch.utils.data.Dataset):
     def from_store(cls, url, split: str = "train2017", classes="coco", dataset: str = "coco", stuff: bool = False,
                    **kw) -> CocoDataset:
         """The layout getcoco.py writes: datasets/<dataset>/annotations/instances_<split>.json + <split>/*.jpg."""
-        base = f"datasets/{dataset}"
-        return cls(s3=url, dataset_desc=f"{base}/annotations/instances_{split}.json", image_paths=f"{base}/{split}",
-                   class_dictionary=classes, stuff_desc=f"{base}/annotations/stuff_{split}.json" if stuff else None,
-                   **kw)
+        return cls(s3=url, dataset_desc=layout.coco_instances(dataset, split), image_paths=layout.coco_images(dataset, split),
+                   class_dictionary=classes, stuff_desc=layout.coco_stuff(dataset, split) if stuff else None, **kw)
 
     def __len__(self) -> int:
         return self.index.images
@@ -320,8 +318,8 @@ class CocoStore:
     Also the display helpers: colorize(label), merge(image, label).
     """
 
-    def __init__(self, s3=None, dataset_desc: str = "datasets/coco/annotations/instances_val2017.json",
-                 image_paths: str = "datasets/coco/val2017", class_dictionary="coco", bucket: str | None = None,
+    def __init__(self, s3=None, dataset_desc: str = layout.coco_instances("coco", "val2017"),
+                 image_paths: str = layout.coco_images("coco", "val2017"), class_dictionary="coco", bucket: str | None = None,
                  crowd: str = "class"):
         self.ds = CocoDataset(s3=s3, bucket=bucket, dataset_desc=dataset_desc, image_paths=image_paths,
                               class_dictionary=class_dictionary, enable_transform=False, crowd=crowd, seed=0)

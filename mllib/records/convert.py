@@ -24,34 +24,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mllib import MllibError, images, layout
-from mllib.labels import classes
-from mllib.labels import render as labels
-from mllib.labels.cocoindex import CocoIndex
+from mllib import MllibError, layout
 from mllib.records import tfrecord
-from mllib.store import NotFound, Store
+from mllib.records.sources import Entry, Worker
+from mllib.store import Store
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class Entry:
-    """One source of a set: the seed's {jsonpath, imagepath, name_decoration, set} plus extensions."""
-
-    jsonpath: str = ""
-    imagepath: str = ""
-    set: str = "train"
-    name_decoration: str = ""
-    stuffpath: str | None = None
-    dataset: str = "coco"
-    classes_file: str | None = None
-    type: str = "coco"
-    labelpath: str | None = None
-
-    def key(self, path: str) -> str:
-        path = path.strip("/")
-        return path if path.startswith("datasets/") else f"datasets/{self.dataset}/{path}"
 
 
 def parse_entries(spec: str | list) -> list[Entry]:
@@ -94,115 +73,6 @@ def default_entries(store: Store, dataset: str = "coco") -> list[Entry]:
             "first, or give --datasets"
         )
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# per-process state and per-item work (runs in the worker processes)
-# ---------------------------------------------------------------------------------------------------------------
-class Worker:
-    def __init__(self, store: Store, entries: list[Entry], main_classes: str, crowd: str, skip_bad: bool):
-        self.store = store
-        self.entries = entries
-        self.classes = classes.load(main_classes)
-        self.crowd = crowd
-        self.skip_bad = skip_bad
-        self._things: dict[int, CocoIndex] = {}
-        self._stuff: dict[int, CocoIndex] = {}
-        self._renderers: dict[int, labels.Renderer] = {}
-        self._cs_lists: dict[int, list[str]] = {}
-
-    def entry_classes(self, k: int) -> classes.ClassDictionary:
-        e = self.entries[k]
-        name = e.classes_file or ("cityscapes_coco" if e.type == "cityscapes" else None)
-        return classes.load(name) if name else self.classes
-
-    def things(self, k: int) -> CocoIndex:
-        if k not in self._things:
-            self._things[k] = CocoIndex.load(self.store, self.entries[k].key(self.entries[k].jsonpath))
-        return self._things[k]
-
-    def stuff(self, k: int) -> CocoIndex | None:
-        e = self.entries[k]
-        if not e.stuffpath:
-            return None
-        if k not in self._stuff:
-            self._stuff[k] = CocoIndex.load(self.store, e.key(e.stuffpath))
-        return self._stuff[k]
-
-    def renderer(self, k: int) -> labels.Renderer:
-        if k not in self._renderers:
-            self._renderers[k] = labels.Renderer(self.entry_classes(k), self.crowd)
-        return self._renderers[k]
-
-    def cityscapes_images(self, k: int) -> list[str]:
-        if k not in self._cs_lists:
-            e = self.entries[k]
-            pre = e.key(e.imagepath) + "/"
-            self._cs_lists[k] = sorted(i.key for i in self.store.list(pre) if i.key.endswith("_leftImg8bit.png"))
-        return self._cs_lists[k]
-
-    def items(self, k: int) -> int:
-        e = self.entries[k]
-        return len(self.cityscapes_images(k)) if e.type == "cityscapes" else self.things(k).images
-
-    def example(self, k: int, row: int) -> tuple[bytes | None, np.ndarray | None, dict | None]:
-        """(record, label pixel counts, None) or (None, None, {"key", "reason"}) for a skipped item."""
-        e = self.entries[k]
-        if e.type == "cityscapes":
-            img_key = self.cityscapes_images(k)[row]
-            rel = img_key[len(e.key(e.imagepath)) :]
-            lab_key = e.key(e.labelpath) + rel.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
-            source_id = rel.strip("/").rsplit("/", 1)[-1].replace("_leftImg8bit.png", "")
-            where = img_key
-        else:
-            idx = self.things(k)
-            name = idx.file_name(row)
-            img_key = f"{e.key(e.imagepath)}/{e.name_decoration}{name}"
-            source_id = str(int(idx.image_id[row]))
-            where = f"image {source_id} ({img_key})"
-        try:
-            data = self.store.get_bytes(img_key)
-        except NotFound:
-            return None, None, {"key": img_key, "reason": "image missing from the store"}
-        try:
-            img, fmt, h, w = images.uniform_rgb(data)
-        except images.ImageError as err:
-            return None, None, {"key": img_key, "reason": f"corrupt image: {err}"}
-        try:
-            if e.type == "cityscapes":
-                ids = images.decode(self.store.get_bytes(lab_key), flags=0 | images.cv2.IMREAD_UNCHANGED)
-                if ids.ndim != 2 or ids.shape != (h, w):
-                    raise labels.LabelError(f"{lab_key}: label shape {ids.shape} differs from the image's {(h, w)}")
-                label = self.entry_classes(k).lut[ids]
-            else:
-                idx = self.things(k)
-                if (h, w) != idx.size(row):
-                    raise labels.LabelError(
-                        f"{where}: image is {h}x{w} but the annotation file says {idx.size(row)[0]}x{idx.size(row)[1]}"
-                    )
-                st = self.stuff(k)
-                srow = st.row_of(int(idx.image_id[row])) if st is not None else None
-                label = self.renderer(k).render(idx, row, st, srow, where)
-        except NotFound:
-            return None, None, {"key": lab_key, "reason": "label image missing from the store"}
-        except (labels.LabelError, images.ImageError) as err:
-            if not self.skip_bad:
-                raise
-            return None, None, {"key": img_key, "reason": str(err)}
-        counts = labels.pixel_counts(label)
-        rec = tfrecord.encode_example({
-            "image/height": h,
-            "image/width": w,
-            "image/depth": 3,
-            "image/encoded": img,
-            "image/format": fmt,
-            "image/filename": img_key.rsplit("/", 1)[-1],
-            "image/source_id": source_id,
-            "label/encoded": images.encode_label_png(label),
-            "label/format": "png",
-            "label/classes": (counts[: self.classes.classes] > 0).astype(np.float32).tolist(),
-        })  # fmt: skip
-        return rec, counts, None
 
 
 _worker: Worker | None = None

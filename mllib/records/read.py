@@ -20,7 +20,7 @@ import numpy as np
 
 from mllib import MllibError, images, layout
 from mllib.loaders.augment import Augment, chw_uint8, warp
-from mllib.records import tfrecord
+from mllib.records import schema, tfrecord
 from mllib.store import NotFound, Store
 
 
@@ -57,33 +57,21 @@ def parse(record: bytes, rgba: bool = False) -> dict:
     """A record as numpy: image (RGB uint8 HxWx3, or RGBA with rgba=True), label (uint8 HxW), classes, filename,
     source_id."""
     ex = tfrecord.decode_example(record)
-    image = images.decode(ex["image/encoded"][0], rgba=rgba)
-    label = images.decode(ex["label/encoded"][0], flags=images.cv2.IMREAD_UNCHANGED)
-    return {"image": image, "label": label, "classes": np.array(ex["label/classes"], np.float32),
-            "filename": ex["image/filename"][0].decode(), "source_id": ex["image/source_id"][0].decode()}
+    image = images.decode(ex[schema.IMAGE][0], rgba=rgba)
+    label = images.decode(ex[schema.LABEL][0], flags=images.cv2.IMREAD_UNCHANGED)
+    return {"image": image, "label": label, "classes": np.array(ex[schema.CLASSES], np.float32),
+            "filename": ex[schema.FILENAME][0].decode(), "source_id": ex[schema.SOURCE_ID][0].decode()}
 
 
 # -- TensorFlow ------------------------------------------------------------------------------------------------
 
-def _features():
-    import tensorflow as tf
-
-    return {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/height": tf.io.FixedLenFeature([], tf.int64),
-        "image/width": tf.io.FixedLenFeature([], tf.int64),
-        "label/encoded": tf.io.FixedLenFeature([], tf.string),
-        "label/classes": tf.io.VarLenFeature(tf.float32),
-    }
-
-
 def tf_parse(serialized):
     import tensorflow as tf
 
-    ex = tf.io.parse_single_example(serialized, _features())
-    image = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
-    label = tf.io.decode_png(ex["label/encoded"], channels=1)[..., 0]
-    h, w = tf.cast(ex["image/height"], tf.int32), tf.cast(ex["image/width"], tf.int32)
+    ex = tf.io.parse_single_example(serialized, schema.tf_features())
+    image = tf.io.decode_image(ex[schema.IMAGE], channels=3, expand_animations=False)
+    label = tf.io.decode_png(ex[schema.LABEL], channels=1)[..., 0]
+    h, w = tf.cast(ex[schema.HEIGHT], tf.int32), tf.cast(ex[schema.WIDTH], tf.int32)
     image = tf.reshape(image, tf.stack([h, w, 3]))
     label = tf.reshape(label, tf.stack([h, w]))
     return image, label

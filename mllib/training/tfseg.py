@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import MllibError
+from mllib import MllibError, layout
 from mllib.labels import classes
 from mllib.records import read as records
 from mllib.store import NotFound, Store
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def model_prefix(name: str) -> str:
-    return f"models/{name}"
+    return layout.model(name)
 
 
 def unet(n_classes: int, height: int, width: int, base: int = 16, depth: int = 4):
@@ -155,5 +155,5 @@ def test(store: Store, name: str, model_name: str, *, set_name: str = "val", bat
             break
     result = {"trainingset": name, "set": set_name, "model": model_name, "images": n,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **cm.report(d.names)}
-    store.put_bytes(f"trainingsets/{name}/tests.json", json.dumps(result, indent=1).encode())
+    store.put_bytes(f"{layout.trainingset(name)}/tests.json", json.dumps(result, indent=1).encode())
     return result

@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything fit() needs; networks/network2d.py builds it from its flags (same names)."""
 
-    trainingset: str = "datasets/coco/annotations/instances_train2017.json"
-    train_image_path: str = "datasets/coco/train2017"
-    valset: str = "datasets/coco/annotations/instances_val2017.json"
-    val_image_path: str = "datasets/coco/val2017"
+    trainingset: str = layout.coco_instances("coco", "train2017")
+    train_image_path: str = layout.coco_images("coco", "train2017")
+    valset: str = layout.coco_instances("coco", "val2017")
+    val_image_path: str = layout.coco_images("coco", "val2017")
     val_fraction: float = 0.1
     bucket: str | None = None
     records: str | None = None  # train from this TFRecord set instead (its "train" and "val" sets)
@@ -279,16 +279,21 @@ def _amp(cfg: TrainConfig, device):
     return torch.bfloat16, None
 
 
+def restore(model: nn.Module, optimizer, scaler, ck: dict) -> tuple[int, int, list]:
+    """Put a checkpoint's state into model, optimizer (and scaler); (epoch to run next, step, metrics so far)."""
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if scaler is not None and ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    return ck["epoch"] + (1 if ck.get("epoch_complete", True) else 0), ck["step"], ck.get("metrics", [])
+
+
 def _resume(run: _Run) -> tuple[int, int, list]:
-    ck = load_checkpoint(run.store, run.cfg.model_name, run.device)
-    run.model.load_state_dict(ck["model"])
-    run.optimizer.load_state_dict(ck["optimizer"])
-    if run.scaler is not None and ck.get("scaler"):
-        run.scaler.load_state_dict(ck["scaler"])
-    epoch = ck["epoch"] + (1 if ck.get("epoch_complete", True) else 0)
+    epoch, step, history = restore(run.model, run.optimizer, run.scaler,
+                                   load_checkpoint(run.store, run.cfg.model_name, run.device))
     if run.rank == 0:
-        log.info("resumed %s at epoch %d, step %d", checkpoint_key(run.cfg.model_name), epoch, ck["step"])
-    return epoch, ck["step"], ck.get("metrics", [])
+        log.info("resumed %s at epoch %d, step %d", checkpoint_key(run.cfg.model_name), epoch, step)
+    return epoch, step, history
 
 
 def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metrics_path: Path) -> None:
