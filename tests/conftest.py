@@ -20,15 +20,11 @@ SHARED = Path(os.environ.get("MLLIB_SHARED_DATA", Path(__file__).resolve().paren
 def s3_server(tmp_path_factory):
     """One SeaweedFS server for the whole run; its credentials are set in the environment for boto3."""
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    old = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    yield server
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    try:
+        with server.environment():
+            yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -223,28 +223,13 @@ class S3Store(Store):
         try:
             data, n = first, 1
             while data:
-                r = self._call(
-                    "UploadPart",
-                    key,
-                    self.client.upload_part,
-                    Bucket=self.bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    PartNumber=n,
-                    Body=data,
-                )
+                r = self._call("UploadPart", key, self.client.upload_part, Bucket=self.bucket, Key=full,
+                               UploadId=upload_id, PartNumber=n, Body=data)
                 parts.append({"PartNumber": n, "ETag": r["ETag"]})
                 n += 1
                 data = _read_full(stream, PART_SIZE)
-            self._call(
-                "CompleteMultipartUpload",
-                key,
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            self._call("CompleteMultipartUpload", key, self.client.complete_multipart_upload, Bucket=self.bucket,
+                       Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts})
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)

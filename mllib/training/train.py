@@ -26,16 +26,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from mllib import MllibError, layout
 from mllib.labels import classes
-from mllib.loaders.augment import Augment
-from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
+from mllib.training.data import base_dataset, datasets, loaders
 from mllib.training.metrics import ConfusionMatrix
 from mllib.training.unet import UNet
 
@@ -198,62 +196,6 @@ def evaluate(model, batches, device, n_classes: int, ignore: int, amp_dtype=None
     return cm
 
 
-# -- data ---------------------------------------------------------------------------------------------------------
-def _augment(enable: bool) -> Augment:
-    return Augment(enable=enable)
-
-
-def datasets(cfg: TrainConfig, store: Store, class_dict, rank: int, world: int):
-    """(train, val) datasets yielding compact uint8 samples; val may be empty."""
-    if cfg.records:
-        from mllib.records.read import RecordsDataset, description
-
-        sets = description(store, cfg.records)["sets"]
-        common = dict(height=cfg.height, width=cfg.width, seed=cfg.seed, rank=rank, world_size=world)
-        train = RecordsDataset(store, cfg.records, "train", augment=_augment(True), **common)
-        val = RecordsDataset(store, cfg.records, "val", augment=_augment(False), shuffle=False, **common) \
-            if "val" in sets else None
-        return train, val
-    common = dict(class_dictionary=class_dict, height=cfg.height, width=cfg.width, imflags=cfg.imflags,
-                  astype="uint8", normalize="none", label_dtype="uint8", skip_bad=cfg.skip_bad,
-                  fetch_threads=cfg.fetch_threads, s3=store, bucket=cfg.bucket)
-    train = CocoDataset(dataset_desc=cfg.trainingset, image_paths=cfg.train_image_path, seed=cfg.seed, **common)
-    if cfg.valset:
-        val = CocoDataset(dataset_desc=cfg.valset, image_paths=cfg.val_image_path or cfg.train_image_path,
-                          augment=_augment(False), seed=0, **common)
-        return train, val
-    # no separate validation set: hold out a fixed fraction of the training images
-    n = len(train)
-    order = np.random.default_rng(0).permutation(n)
-    n_val = max(1, int(round(n * cfg.val_fraction))) if n > 1 and cfg.val_fraction > 0 else 0
-    val_ds = CocoDataset(dataset_desc=cfg.trainingset, image_paths=cfg.train_image_path, augment=_augment(False),
-                         seed=0, **common)
-    return (torch.utils.data.Subset(train, order[n_val:].tolist()),
-            torch.utils.data.Subset(val_ds, order[:n_val].tolist()))
-
-
-def _base(ds):
-    return ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
-
-
-def loaders(cfg: TrainConfig, train_ds, val_ds, device, rank: int, world: int):
-    iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
-    sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) \
-        if world > 1 and not iterable else None
-    kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-              persistent_workers=cfg.num_workers > 0, worker_init_fn=worker_init_fn)
-    if cfg.num_workers > 0:
-        kw["prefetch_factor"] = cfg.prefetch
-    train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and not iterable,
-                                        sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size, **kw)
-    val = None
-    if val_ds is not None and len(val_ds):
-        val_sampler = torch.utils.data.DistributedSampler(val_ds, world, rank, shuffle=False) \
-            if world > 1 and not isinstance(val_ds, torch.utils.data.IterableDataset) else None
-        val = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler, **kw)
-    return train, sampler, val
-
-
 # -- the loop -----------------------------------------------------------------------------------------------------
 @dataclass
 class _Run:
@@ -384,7 +326,7 @@ def _train(run: _Run, train_loader, sampler, val_loader, train_ds, epoch: int, s
     while epoch < cfg.epochs and step < max_steps:
         if sampler is not None:
             sampler.set_epoch(epoch)
-        _base(train_ds).set_epoch(epoch)
+        base_dataset(train_ds).set_epoch(epoch)
         step, seen, elapsed, wait, loss, complete = _epoch(run, train_loader, epoch, step, max_steps)
         cm = evaluate(run.net, DevicePrefetcher(val_loader, run.prep), run.device, run.class_dict.classes,
                       run.class_dict.ignore, run.amp_dtype) if val_loader is not None else None

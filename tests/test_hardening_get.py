@@ -1,7 +1,7 @@
-"""Hostile and broken inputs (issue 10): each gets a clear error, nothing escapes its folder, nothing hangs.
+"""Hostile and broken inputs, downloads and the store: a clear error, nothing escapes its folder, nothing hangs.
 
-Downloads and extraction run through getcoco.py against the local mirror or a crafted HTTP server on 127.0.0.1;
-conversion and loading through cocorecord.py and CocoDataset over crafted annotation files."""
+Downloads and extraction run through getcoco.py against the local mirror or a crafted HTTP server on 127.0.0.1
+(tests/crafted.py); the store against SeaweedFS, a TLS endpoint with a private CA, and crafted listings."""
 
 from __future__ import annotations
 
@@ -16,19 +16,15 @@ import time
 import zipfile
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import requests
 
-from mllib import images
 from mllib import store as mstore
 from mllib.get import download
 from mllib.get.cityscapes import CityscapesError, specs
 from mllib.testing.mirror import Mirror
 
-from .cocofake import jpeg, make_coco, make_coco_zips, put_coco
-from .conftest import load_script
+from .cocofake import make_coco_zips
 from .crafted import Crafted
 from .test_getcoco import getcoco, run_getcoco
 
@@ -337,8 +333,7 @@ def test_local_writes_fsync_file_and_folder(local_store, tmp_path, monkeypatch):
     synced.clear()
     site, _ = _site_with(tmp_path, {})
     with Mirror(site) as m:
-        assert run_getcoco(local_store.url, site, m.url, tmp_path / "w", ["image_info_test2017.zip"]
-                           if False else ["val2017.zip"], ["--keep_zips"]) == 0
+        assert run_getcoco(local_store.url, site, m.url, tmp_path / "w", ["val2017.zip"], ["--keep_zips"]) == 0
     assert str(tmp_path / "w") in synced  # the verified download, renamed into place durably
     assert str(local_store.root / "datasets" / "coco" / ".manifests") in synced  # and the manifest
 
@@ -394,244 +389,3 @@ def test_ca_bundle_against_a_tls_server(tmp_path, monkeypatch):
     assert "does not exist" not in str(untrusted.value)
 
 
-# -- 12-15. crafted annotation files through cocorecord.py ---------------------------------------------------------------
-def _ann_store(tmp_path, mutate, n=3):
-    s = mstore.connect(tmp_path / "store")
-    d = make_coco(tmp_path / "src", "val2017", n, seed=1, hw=(40, 50))
-    for im in d["images"]:
-        s.put_file(f"datasets/coco/val2017/{im['file_name']}", tmp_path / "src" / "val2017" / im["file_name"])
-    mutate(d)
-    s.put_bytes("datasets/coco/annotations/instances_val2017.json", json.dumps(d).encode())
-    return s, d
-
-
-def _cocorecord(store, *extra):
-    rec = load_script("datasets/cocorecord.py")
-    spec = json.dumps([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"}])
-    return rec.main(["-trainingset_name", "t", "--store", store.url, "--no_progress", "--datasets", spec, *extra])
-
-
-def _poly(d, value):
-    d["annotations"][0]["segmentation"] = [[1, 1, value, 1, 20, 20]]
-
-
-ANN_CASES = {
-    "nan": (lambda d: _poly(d, float("nan")), "non-finite"),
-    "infinity": (lambda d: _poly(d, float("inf")), "non-finite"),
-    "huge": (lambda d: _poly(d, 1e12), "far outside"),
-    "no category_id": (lambda d: d["annotations"][0].pop("category_id"), "category_id"),
-    "flat polygon": (lambda d: d["annotations"][0].update(segmentation=[1, 1, 30, 1, 20, 20]), "flat list"),
-    "iscrowd 300": (lambda d: d["annotations"][0].update(iscrowd=300), "iscrowd"),
-    "RLE counts too long": (lambda d: d["annotations"][0].update(
-        segmentation={"size": [40, 50], "counts": [0, 2500, 10]}, iscrowd=1), "RLE counts cover"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(ANN_CASES))
-def test_bad_annotation_is_one_line_or_a_counted_skip(tmp_path, capsys, case):
-    mutate, why = ANN_CASES[case]
-    s, d = _ann_store(tmp_path, mutate)
-    aid, iid = d["annotations"][0]["id"], d["annotations"][0]["image_id"]
-    assert _cocorecord(s) == 2
-    err = capsys.readouterr().err
-    assert why in err and f"annotation {aid}" in err and f"image {iid}" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-    assert _cocorecord(s, "--skip_bad") == 0
-    desc = json.loads(s.get_bytes("trainingsets/t/description.json"))
-    assert desc["sets"]["val"]["length"] == 2 and len(desc["sets"]["val"]["skipped"]) == 1
-    assert why in desc["sets"]["val"]["skipped"][0]["reason"]
-
-
-@pytest.mark.parametrize("mutate, why", [
-    (lambda d: d["images"][1].pop("file_name"), "'file_name'"),
-    (lambda d: d["images"][1].pop("height"), "'height'"),
-    (lambda d: d["images"][1].pop("id"), "'id'"),
-    (lambda d: d["images"][1].update(id=d["images"][0]["id"]), "appears 2 times"),
-])
-def test_bad_image_entry_or_duplicate_id_is_one_line(tmp_path, capsys, mutate, why):
-    s, d = _ann_store(tmp_path, mutate)
-    assert _cocorecord(s) == 2
-    err = capsys.readouterr().err
-    assert why in err and "instances_val2017.json" in err and len(err.strip().splitlines()) == 1
-    if why == "appears 2 times":
-        assert str(d["images"][0]["id"]) in err
-
-
-def test_unexpected_exception_is_one_line_and_a_traceback_file(capsys, monkeypatch, tmp_path):
-    from mllib import cli
-
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
-
-    def body():
-        raise ZeroDivisionError("boom")
-
-    assert cli.run(body, "x.py") == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "internal error: ZeroDivisionError: boom" in err and "Traceback" not in err
-    path = err.rsplit("full traceback: ", 1)[1].rstrip(")")
-    assert "ZeroDivisionError" in Path(path).read_text() and (os.stat(path).st_mode & 0o077) == 0
-
-
-# -- 13. a dying conversion worker --------------------------------------------------------------------------------------------
-def test_dead_worker_is_an_error_naming_the_shard_not_a_hang(tmp_path):
-    s = mstore.connect(tmp_path / "store")
-    put_coco(s, tmp_path, n=300, hw=(200, 260))
-    spec = json.dumps([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"}])
-    p = subprocess.Popen([sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name", "t",
-                          "--store", s.url, "--datasets", spec, "--jobs", "2", "--shard_images", "10",
-                          "--no_progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
-    deadline = time.monotonic() + 90
-    while killed is None and time.monotonic() < deadline and p.poll() is None:
-        kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-        for kid in kids:  # a pool worker: it has started writing a shard once a temp record file is open
-            try:
-                cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"multiprocessing" in cmd and b"resource_tracker" not in cmd and any(
-                    ".tfrecord.tmp" in os.readlink(f"/proc/{kid}/fd/{fd}")
-                    for fd in os.listdir(f"/proc/{kid}/fd") if os.path.exists(f"/proc/{kid}/fd/{fd}")):
-                os.kill(int(kid), signal.SIGKILL)
-                killed = kid
-                break
-        time.sleep(0.02)
-    try:
-        out, err = p.communicate(timeout=60)
-    finally:
-        p.kill()
-    assert killed is not None, "no worker was caught writing a shard"
-    assert p.returncode == 2, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("cocorecord.py: error:") and "Traceback" not in err
-    assert "worker process died" in last and "val-000" in last and "re-run" in last
-
-
-# -- 16, 17. decompression bombs and images corrupt in the middle ------------------------------------------------------------
-def _png_header(w: int, h: int, gray: bool = True) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0 if gray else 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def test_decompression_bomb_is_a_bad_sample(local_store, tmp_path):
-    from mllib.loaders.cocodataset import CocoDataset, SampleError
-
-    bomb = _png_header(30000, 30000)
-    with pytest.raises(images.ImageError, match="over the limit"):
-        images.decode(bomb)
-    with pytest.raises(images.ImageError, match="over the limit"):
-        images.uniform_rgb(bomb)
-    d = put_coco(local_store, tmp_path, n=3, hw=(30, 40))
-    local_store.put_bytes(f"datasets/coco/val2017/{d['images'][1]['file_name']}", bomb)
-    ds = CocoDataset.from_store(local_store, split="val2017", height=32, width=32, seed=0)
-    with pytest.raises(SampleError, match="over the limit"):
-        ds[1]
-    ok = CocoDataset.from_store(local_store, split="val2017", height=32, width=32, seed=0, skip_bad=True)
-    assert ok[1][0].shape == (3, 32, 32) and ok.bad_count() == 1
-
-
-def _corrupt_middle(data: bytes) -> bytes:
-    b = bytearray(data)
-    mid = len(b) // 2
-    b[mid : mid + 200] = bytes((x * 7 + 13) & 0xFF for x in b[mid : mid + 200])
-    return bytes(b)
-
-
-def test_image_corrupt_in_the_middle_is_skipped_in_conversion(tmp_path):
-    good = jpeg(120, 160, 3)
-    images.verify(good)
-    bad = _corrupt_middle(good)
-    assert bad[-2:] == b"\xff\xd9" and images.info(bad)[0] == "jpeg"  # end marker intact
-    with pytest.raises(images.ImageError, match="corrupt"):
-        images.uniform_rgb(bad)
-    ok, png = cv2.imencode(".png", np.full((30, 40, 3), 7, np.uint8))
-    png = png.tobytes()
-    assert images.uniform_rgb(png)[0] == png  # a good PNG still passes through byte for byte
-    with pytest.raises(images.ImageError, match="corrupt PNG"):
-        images.uniform_rgb(png[:40] + bytes([png[40] ^ 0xFF]) + png[41:])
-
-    def mutate(d):
-        pass
-
-    s, d = _ann_store(tmp_path, mutate)
-    name = d["images"][2]["file_name"]
-    s.put_bytes(f"datasets/coco/val2017/{name}", _corrupt_middle(s.get_bytes(f"datasets/coco/val2017/{name}")))
-    assert _cocorecord(s) == 0
-    desc = json.loads(s.get_bytes("trainingsets/t/description.json"))
-    skipped = desc["sets"]["val"]["skipped"]
-    assert desc["sets"]["val"]["length"] == 2 and len(skipped) == 1 and name in skipped[0]["key"]
-
-
-# -- 19. the index cache is tied to the JSON's content ----------------------------------------------------------------------
-def test_index_cache_follows_content_not_size(any_store, tmp_path):
-    from mllib.labels.cocoindex import CocoIndex
-
-    d = put_coco(any_store, tmp_path, n=3)
-    key = "datasets/coco/annotations/instances_val2017.json"
-    first = CocoIndex.load(any_store, key)
-    assert any_store.exists(key + ".mllib-index.npz")
-    raw = any_store.get_bytes(key)
-    d["images"][0]["file_name"] = "x" * len(d["images"][0]["file_name"])  # same length: same JSON size
-    new = json.dumps(d).encode()
-    assert len(new) == len(raw) and new != raw
-    any_store.put_bytes(key, new)
-    again = CocoIndex.load(any_store, key)
-    assert again.file_name(0) == d["images"][0]["file_name"] != first.file_name(0)
-
-
-# -- 20. stale-shard cleanup stays at its set's level ---------------------------------------------------------------------------
-def test_stale_cleanup_does_not_touch_a_nested_set(tmp_path):
-    s, _ = _ann_store(tmp_path, lambda d: None)
-    rec = load_script("datasets/cocorecord.py")
-    spec = json.dumps([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"}])
-    assert rec.main(["-trainingset_name", "coco/small", "--store", s.url, "--no_progress", "--datasets", spec]) == 0
-    nested = sorted(i.key for i in s.list("trainingsets/coco/small/"))
-    assert any(k.endswith(".tfrecord") for k in nested)
-    s.put_bytes("trainingsets/coco/val-00000-of-00009.tfrecord", b"stale")  # of an earlier conversion
-    assert rec.main(["-trainingset_name", "coco", "--store", s.url, "--no_progress", "--datasets", spec]) == 0
-    assert sorted(i.key for i in s.list("trainingsets/coco/small/")) == nested
-    assert not s.exists("trainingsets/coco/val-00000-of-00009.tfrecord")
-
-
-# -- 21. the SeaweedFS helper's files ---------------------------------------------------------------------------------------------
-@pytest.mark.s3
-def test_seaweed_helper_files_are_private(s3_server):
-    import stat
-
-    assert stat.S_IMODE(os.stat(s3_server.dir / "s3.json").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(s3_server.dir / "data").st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(s3_server.dir / "weed.log").st_mode) == 0o600
-    help_text = subprocess.run([sys.executable, "-m", "mllib.testing.seaweed", "--help"], capture_output=True,
-                               text=True).stdout
-    assert "unauthenticated" in help_text and "127.0.0.1" in help_text
-
-
-def test_seaweed_identities_file_never_world_readable(tmp_path, monkeypatch):
-    """Created 0600 from its first byte (not written, then chmod-ed): watch the mode at creation."""
-    from mllib.testing.seaweed import SeaweedS3
-
-    modes = []
-    real_open = os.open
-
-    def spy(path, flags, mode=0o777, *a, **kw):
-        fd = real_open(path, flags, mode, *a, **kw)
-        if str(path).endswith("s3.json"):
-            modes.append(os.fstat(fd).st_mode & 0o777)
-        return fd
-
-    monkeypatch.setattr(os, "open", spy)
-    s = SeaweedS3(tmp_path / "sw")
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "nopython"))
-    with pytest.raises(Exception, match="not installed"):
-        s.start()
-    assert modes == [] or modes == [0o600]
