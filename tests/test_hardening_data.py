@@ -3,7 +3,6 @@ and CocoDataset, a conversion worker killed mid-shard, the index cache, stale sh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -18,32 +17,17 @@ import pytest
 
 from mllib import images
 from mllib import store as mstore
-from mllib.get import download
 
-from .cocofake import jpeg, make_coco, put_coco
+from .cocofake import jpeg, put_coco
 from .conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = os.urandom(3000)
-SPEC_UNKNOWN = download.FileSpec("f.zip", "", None, None, hashlib.md5(DATA).hexdigest())
-
-
-def _fetch(url, tmp_path, spec=SPEC_UNKNOWN, retries=3):
-    return download.fetch(download.FileSpec(spec.name, url + "/f.zip", spec.size, spec.sha256, spec.md5),
-                          tmp_path / "w", bar=False, retries=retries, backoff=0.001, timeout=10)
-
-
-def _range_start(h) -> int:
-    r = h.headers.get("Range")
-    return int(r[len("bytes="):-1]) if r else 0
 
 
 # -- 12-15. crafted annotation files through cocorecord.py ---------------------------------------------------------------
 def _ann_store(tmp_path, mutate, n=3):
     s = mstore.connect(tmp_path / "store")
-    d = make_coco(tmp_path / "src", "val2017", n, seed=1, hw=(40, 50))
-    for im in d["images"]:
-        s.put_file(f"datasets/coco/val2017/{im['file_name']}", tmp_path / "src" / "val2017" / im["file_name"])
+    d = put_coco(s, tmp_path, n=n, hw=(40, 50))
     mutate(d)
     s.put_bytes("datasets/coco/annotations/instances_val2017.json", json.dumps(d).encode())
     return s, d

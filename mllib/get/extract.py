@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 MANIFESTS = layout.MANIFESTS
 
 MAX_TOTAL_BYTES = 256 * 1024**3  # a zip that would unpack to more than this is refused (COCO's largest: ~20 GB)
-MAX_RATIO = 200  # nor one whose member (over 1 MiB) unpacks to more than this many times its compressed size
+MAX_RATIO = 1000  # nor one whose member (over 1 MiB) unpacks to more than this (deflate tops out near 1032:1;
+# generated JSON can reach 500:1, so this only catches members that are almost all one repeated byte)
 MAX_KEY_BYTES = 1024  # S3's key limit
 MAX_NAME_BYTES = 255  # one path component, as local filesystems allow
 
