@@ -197,7 +197,7 @@ def index_memory(tmp: Path, compare_json: bool = False) -> None:
     s.put_bytes(key, b"{}")
     meta = json.loads(bytes(idx.meta).decode())
     meta["json_size"] = 2
-    meta["json_checksum"] = s.checksum(next(i for i in s.list(key) if i.key == key))
+    meta["json_version"] = s.version(next(i for i in s.list(key) if i.key == key))
     idx.meta = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
     s.put_bytes(key + ".mllib-index.npz", idx.to_bytes())
     print(f"generated index: 118,287 images, 860,001 annotations, "

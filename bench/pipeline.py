@@ -71,33 +71,42 @@ def _cpu():
     return s.ru_utime, s.ru_stime, c.ru_utime, c.ru_stime
 
 
-def supply(ds, workers: int, batch: int, seconds: float, pin: bool) -> dict:
-    """Samples/s the DataLoader delivers with no model, after each worker's first batch; CPU per sample."""
-    kw = dict(num_workers=workers, batch_size=batch, shuffle=True, pin_memory=pin, worker_init_fn=worker_init_fn,
-              drop_last=True, generator=torch.Generator().manual_seed(0))
+def loader(ds, workers: int, batch: int, pin: bool, **kw):
+    """A DataLoader as training makes one: persistent workers (epochs do not fork again), prefetch 4."""
     if workers:
-        kw["prefetch_factor"] = 4
-    before = _cpu()
-    dl = torch.utils.data.DataLoader(ds, **kw)
-    n, t0, batches = 0, None, 0
+        kw.update(prefetch_factor=4, persistent_workers=True)
+    return torch.utils.data.DataLoader(ds, num_workers=workers, batch_size=batch, pin_memory=pin,
+                                       worker_init_fn=worker_init_fn, **kw)
+
+
+def rate(dl, workers: int, seconds: float, set_epoch=None) -> tuple[float, int]:
+    """(samples/s, batches taken): epoch after epoch until `seconds` have been measured, leaving out the start-up
+    (fork, index, first batch of each worker)."""
+    n, t0, batches, epoch = 0, None, 0, 0
     while True:
+        if set_epoch is not None:
+            set_epoch(epoch)
         for b in dl:
             batches += 1
-            if batches == max(1, workers) + 1:  # start-up (fork, index, first batch of each worker) excluded
+            if batches == max(1, workers) + 1:
                 t0 = time.perf_counter()
             elif t0 is not None:
                 n += len(b[0])
                 if time.perf_counter() - t0 > seconds:
-                    break
-        else:
-            continue
-        break
-    rate = n / (time.perf_counter() - t0)
+                    return n / (time.perf_counter() - t0), batches
+        epoch += 1
+
+
+def supply(ds, workers: int, batch: int, seconds: float, pin: bool) -> dict:
+    """Samples/s the DataLoader delivers with no model, after each worker's first batch; CPU per sample."""
+    before = _cpu()
+    dl = loader(ds, workers, batch, pin, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
+    rate_, batches = rate(dl, workers, seconds)
     del dl  # workers exit; their CPU time shows in RUSAGE_CHILDREN
     after = _cpu()
     total = batches * batch
     d = [a - b for a, b in zip(after, before, strict=True)]
-    return {"workers": workers, "samples_per_s": round(rate, 1), "main_user_ms": round(1000 * d[0] / total, 2),
+    return {"workers": workers, "samples_per_s": round(rate_, 1), "main_user_ms": round(1000 * d[0] / total, 2),
             "main_sys_ms": round(1000 * d[1] / total, 2), "worker_user_ms": round(1000 * d[2] / total, 2),
             "worker_sys_ms": round(1000 * d[3] / total, 2)}
 
@@ -172,7 +181,7 @@ def _latency_runs(server, shared, size, batch, workers, delay_ms, seconds, image
     return direct, delayed, serial, peak
 
 
-def records(store, size, batch, workers, seconds, pin, coco_rate) -> dict:
+def records(store, n_img, size, batch, workers, seconds, pin, coco_rate) -> dict:
     from mllib.loaders.augment import Augment
     from mllib.records import read as mrecords
     from mllib.records.convert import Conversion, parse_entries
@@ -180,32 +189,16 @@ def records(store, size, batch, workers, seconds, pin, coco_rate) -> dict:
     t0 = time.perf_counter()
     entries = parse_entries([{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017",
                               "set": "train"}])
-    n_img = CocoDataset.from_store(store, split="val2017").__len__()
     shard = max(50, n_img // max(4 * max(1, workers), 1))
     Conversion(store, "bench", entries, shard_images=shard, jobs=max(1, min(workers, os.cpu_count() or 1)),
                bar=False).run()
     conv = time.perf_counter() - t0
     a = Augment(**{k: v for k, v in AUG.items()})
     ds = mrecords.RecordsDataset(store, "bench", "train", height=size, width=size, augment=a, seed=0)
-    kw = dict(num_workers=workers, batch_size=batch, pin_memory=pin, worker_init_fn=worker_init_fn)
-    if workers:
-        kw["prefetch_factor"] = 4
-    n, t0, batches, epoch = 0, None, 0, 0
-    while True:
-        ds.set_epoch(epoch)
-        for b in torch.utils.data.DataLoader(ds, **kw):
-            batches += 1
-            if batches == max(1, workers) + 1:
-                t0 = time.perf_counter()
-            elif t0 is not None:
-                n += len(b[0])
-        epoch += 1
-        if t0 is not None and time.perf_counter() - t0 > seconds:
-            break
-    rate = n / (time.perf_counter() - t0)
-    r = {"workers": workers, "records_per_s": round(rate, 1), "cocodataset_per_s": coco_rate,
-         "ratio": round(rate / coco_rate, 3), "conversion_s": round(conv, 1), "shards": len(ds.keys)}
-    say(f"TFRecord set ({len(ds.keys)} shards, converted in {conv:.1f} s) via RecordsDataset: {rate:.1f} samples/s "
+    rate_, _ = rate(loader(ds, workers, batch, pin), workers, seconds, ds.set_epoch)
+    r = {"workers": workers, "records_per_s": round(rate_, 1), "cocodataset_per_s": coco_rate,
+         "ratio": round(rate_ / coco_rate, 3), "conversion_s": round(conv, 1), "shards": len(ds.keys)}
+    say(f"TFRecord set ({len(ds.keys)} shards, converted in {conv:.1f} s) via RecordsDataset: {rate_:.1f} samples/s "
         f"with {workers} workers vs CocoDataset {coco_rate:.1f}: {r['ratio']:.2f}x (goal >= 1)")
     return r
 
@@ -299,7 +292,7 @@ def main(argv=None) -> int:
             RESULTS["latency"] = latency(shared, tmp, a.size, a.batch, min(top, 2) if cores <= 2 else top,
                                          a.latency_ms, a.seconds, a.latency_images)
         if "records" not in skip:
-            RESULTS["records"] = records(s, a.size, a.batch, top, a.seconds, pin, rows[-1]["samples_per_s"])
+            RESULTS["records"] = records(s, n, a.size, a.batch, top, a.seconds, pin, rows[-1]["samples_per_s"])
         if "cuda" not in skip:
             RESULTS["cuda"] = cuda_part(s, a.size, a.batch, top, a.train_epochs, tmp)
     finally:

@@ -265,3 +265,14 @@ def test_gray_images_compact(local_store, tmp_path):
     put_coco(local_store, tmp_path, n=2)
     g = compact(local_store, imflags=cv2.IMREAD_GRAYSCALE)[0]
     assert g[0].shape == (1, 64, 72) and g[0].dtype == torch.uint8
+
+
+def test_validation_view_shares_the_index(local_store, tmp_path):
+    put_coco(local_store, tmp_path, n=3)
+    train = compact(local_store)
+    val = train.with_augment(Augment(enable=False), seed=0)
+    assert val.index is train.index and not val.augment.enable and train.augment.enable
+    fresh = compact(local_store, enable_transform=False, seed=0)
+    for i in range(3):
+        assert torch.equal(val[i][0], fresh[i][0]) and torch.equal(val[i][1], fresh[i][1])
+    assert not torch.equal(train[0][0], val[0][0])  # the training view keeps its augmentation

@@ -91,25 +91,26 @@ class CocoIndex:
     def load(cls, store, key: str, cache: bool = True) -> CocoIndex:
         """Index of the annotation JSON at key; uses / writes the cached index beside it in the store."""
         cache_key = key + CACHE_SUFFIX
-        info = next((i for i in store.list(key) if i.key == key), None)
-        if info is None:
+        listed = {i.key: i for i in store.list(key)}  # the JSON and, beside it, its cached index
+        if key not in listed:
             raise AnnotationError(
                 f"annotation file {store.url_for(key)} not found; download it first (datasets/getcoco.py)"
             )
-        json_size, json_sum = info.size, store.checksum(info)  # the cache is tied to the file's content
-        if cache and store.exists(cache_key):
+        # the cache is tied to this very JSON: its ETag, or on a local store the file's size, mtime and inode
+        json_size, json_version = listed[key].size, store.version(listed[key])
+        if cache and cache_key in listed:
             try:
                 idx = cls.from_bytes(store.get_bytes(cache_key), key)
                 meta = json.loads(bytes(idx.meta).decode())
                 if meta.get("version") == INDEX_VERSION and meta.get("json_size") == json_size \
-                        and meta.get("json_checksum") == json_sum:
+                        and meta.get("json_version") == json_version:
                     return idx
                 log.info("cached index of %s is stale; rebuilding", key)
             except (OSError, ValueError, KeyError) as e:
                 log.warning("cached index of %s unreadable (%s); rebuilding", key, e)
         idx = cls.from_json(store.get_bytes(key), key)
         meta = json.loads(bytes(idx.meta).decode())
-        meta["json_size"], meta["json_checksum"] = json_size, json_sum
+        meta["json_size"], meta["json_version"] = json_size, json_version
         idx.meta = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
         if cache:
             store.put_bytes(cache_key, idx.to_bytes())

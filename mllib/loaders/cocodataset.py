@@ -22,6 +22,7 @@ or `CocoDataset.from_store("s3://coco", split="val2017", height=512, width=512)`
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -212,6 +213,16 @@ class CocoDataset(torch.utils.data.Dataset):
         return cls(s3=url, dataset_desc=layout.coco_instances(dataset, split), image_paths=layout.coco_images(dataset, split),
                    class_dictionary=classes, stuff_desc=layout.coco_stuff(dataset, split) if stuff else None, **kw)
 
+    def with_augment(self, augment: Augment, seed: int) -> CocoDataset:
+        """The same images and labels (store, index and output form shared, nothing loaded again) with another
+        augmentation and seed, e.g. a validation view of a training set."""
+        other = copy.copy(self)
+        other.augment, other.seed = augment, int(seed)
+        other._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        other._bad = torch.zeros(1, dtype=torch.int64).share_memory_()
+        other._pool, other._pool_pid = None, None
+        return other
+
     def __len__(self) -> int:
         return self.index.images
 
@@ -238,8 +249,7 @@ class CocoDataset(torch.utils.data.Dataset):
         if data is None:
             data = self.fetch(i)
         try:
-            images.info(data)
-            img = images.decode(data, self.imflags, rgba=rgba)
+            img = images.decode(data, self.imflags, rgba=rgba)  # checks the header (and its size) first
         except images.ImageError as e:
             raise SampleError(f"image {self.store.url_for(self.image_key(i))} is corrupt: {e}") from None
         h, w = self.index.size(i)

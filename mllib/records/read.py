@@ -35,16 +35,17 @@ def description(store: Store, name: str) -> dict:
         ) from None
 
 
-def set_shards(store: Store, name: str, set_name: str) -> list[dict]:
-    """The shards of one set, as description.json lists them (name, records, bytes, sha256)."""
-    desc = description(store, name)
+def set_shards(store: Store, name: str, set_name: str, desc: dict | None = None) -> list[dict]:
+    """The shards of one set, as description.json lists them (name, records, bytes, sha256); `desc` when the
+    description was already read."""
+    desc = desc if desc is not None else description(store, name)
     if set_name not in desc["sets"]:
         raise MllibError(f"training set {name} has no set {set_name!r}; it has {sorted(desc['sets'])}")
     return desc["sets"][set_name]["shards"]
 
 
-def shard_keys(store: Store, name: str, set_name: str) -> list[str]:
-    return [f"{layout.trainingset(name)}/{s['name']}" for s in set_shards(store, name, set_name)]
+def shard_keys(store: Store, name: str, set_name: str, desc: dict | None = None) -> list[str]:
+    return [f"{layout.trainingset(name)}/{s['name']}" for s in set_shards(store, name, set_name, desc)]
 
 
 def iter_serialized(store: Store, keys: list[str]):
@@ -159,10 +160,10 @@ class RecordsDataset(_torch_iterable()):
 
         self.store = store
         self.name, self.set_name = name, set_name
-        self.shards = set_shards(store, name, set_name)
-        self.keys = [f"{layout.trainingset(name)}/{s['name']}" for s in self.shards]
-        desc = description(store, name)
-        self.ignore = int(desc.get("classes", {}).get("ignore", 255))
+        self.description = description(store, name)  # read once: shards, record counts, the ignore value
+        self.shards = set_shards(store, name, set_name, self.description)
+        self.keys = shard_keys(store, name, set_name, self.description)
+        self.ignore = int(self.description.get("classes", {}).get("ignore", 255))
         self.height, self.width = int(height), int(width)
         self.augment = augment if augment is not None else Augment()
         self.seed, self.shuffle, self.shuffle_buffer = int(seed), shuffle, max(1, int(shuffle_buffer))
@@ -183,15 +184,11 @@ class RecordsDataset(_torch_iterable()):
         """(shard number, record number, serialized record) of this part, in the epoch's shard order."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.keys)) if self.shuffle \
             else np.arange(len(self.keys))
-        if len(self.keys) >= parts:
-            for s in order[part::parts]:
-                for r, rec in enumerate(iter_serialized(self.store, [self.keys[s]])):
-                    yield int(s), r, rec
-            return
+        by_shard = len(self.keys) >= parts  # else every part reads all shards and keeps every parts-th record
         k = 0
-        for s in order:
+        for s in order[part::parts] if by_shard else order:
             for r, rec in enumerate(iter_serialized(self.store, [self.keys[s]])):
-                if k % parts == part:
+                if by_shard or k % parts == part:
                     yield int(s), r, rec
                 k += 1
 
@@ -223,13 +220,17 @@ class RecordsDataset(_torch_iterable()):
         epoch = int(self._epoch[0])
         part, parts, rank, world = _part(self.rank, self.world_size)
         rng = np.random.default_rng([self.seed, epoch, part, 1])
-        items = self._shuffled(self._records(epoch, part, parts), rng)
-        if world > 1:  # every rank the same number of samples: each worker its exact quota, cycled where short
+
+        def items():
+            return self._shuffled(self._records(epoch, part, parts), rng)
+
+        if world == 1:
+            stream = items()
+        else:  # every rank the same number of samples: each worker its exact quota, cycled where short
             nw = parts // world
             wid = part - rank * nw
-            quota = len(self) // nw + (1 if wid < len(self) % nw else 0)
-            items = itertools.islice(_cycle(lambda: self._shuffled(self._records(epoch, part, parts), rng)), quota)
-        for shard, record, rec in items:
+            stream = itertools.islice(_cycle(items), len(self) // nw + (1 if wid < len(self) % nw else 0))
+        for shard, record, rec in stream:
             yield self.sample(epoch, shard, record, rec)
 
 

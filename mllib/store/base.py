@@ -135,6 +135,11 @@ class Store:
         """The object's content checksum, comparable with etag_of_file() of a local copy."""
         raise NotImplementedError
 
+    def version(self, info: ObjectInfo) -> str:
+        """A stamp that changes whenever the object is written again, without reading it: the ETag on S3, size,
+        mtime and inode on a local store (every write there is a new file renamed into place)."""
+        return self.checksum(info)
+
     def with_bucket(self, bucket: str) -> Store:
         """The same store in another bucket (S3: same endpoint and settings; local: a folder below the root)."""
         raise NotImplementedError

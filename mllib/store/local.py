@@ -105,3 +105,7 @@ class LocalStore(Store):
 
     def checksum(self, info: ObjectInfo) -> str:
         return etag_of_file(self._path(info.key))
+
+    def version(self, info: ObjectInfo) -> str:
+        st = self._path(info.key).stat()
+        return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"

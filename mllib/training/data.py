@@ -23,13 +23,12 @@ def _augment(enable: bool) -> Augment:
 def datasets(cfg, store: Store, class_dict, rank: int, world: int):
     """(train, val) datasets yielding compact uint8 samples; val may be empty."""
     if cfg.records:
-        from mllib.records.read import RecordsDataset, description
+        from mllib.records.read import RecordsDataset
 
-        sets = description(store, cfg.records)["sets"]
         common = dict(height=cfg.height, width=cfg.width, seed=cfg.seed, rank=rank, world_size=world)
         train = RecordsDataset(store, cfg.records, "train", augment=_augment(True), **common)
         val = RecordsDataset(store, cfg.records, "val", augment=_augment(False), shuffle=False, **common) \
-            if "val" in sets else None
+            if "val" in train.description["sets"] else None
         return train, val
     common = dict(class_dictionary=class_dict, height=cfg.height, width=cfg.width, imflags=cfg.imflags,
                   astype="uint8", normalize="none", label_dtype="uint8", skip_bad=cfg.skip_bad,
@@ -39,12 +38,11 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
         val = CocoDataset(dataset_desc=cfg.valset, image_paths=cfg.val_image_path or cfg.train_image_path,
                           augment=_augment(False), seed=0, **common)
         return train, val
-    # no separate validation set: hold out a fixed fraction of the training images
+    # no separate validation set: hold out a fixed fraction of the training images (the index is shared)
     n = len(train)
     order = np.random.default_rng(0).permutation(n)
     n_val = max(1, int(round(n * cfg.val_fraction))) if n > 1 and cfg.val_fraction > 0 else 0
-    val_ds = CocoDataset(dataset_desc=cfg.trainingset, image_paths=cfg.train_image_path, augment=_augment(False),
-                         seed=0, **common)
+    val_ds = train.with_augment(_augment(False), seed=0)
     return (torch.utils.data.Subset(train, order[n_val:].tolist()),
             torch.utils.data.Subset(val_ds, order[:n_val].tolist()))
 

@@ -281,13 +281,19 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float):
     return step, seen, time.perf_counter() - t0, feed.wait, loss, steps == len(loader) or step < max_steps
 
 
-def _measure_step_rate(run: _Run, loader, criterion) -> float | None:
+def _measure_step_rate(run: _Run, criterion) -> float | None:
+    """The step alone, on a batch of the training shape made on the device (the step's cost does not depend on
+    pixel values): no loader batch is taken, so the workers' first batches are not spent on it."""
     n = run.cfg.step_rate_steps
     if n < 0:
         n = 20 if run.device.type == "cuda" else 0
     if n == 0:
         return None
-    batch = run.prep(next(iter(loader)))
+    cfg = run.cfg
+    shape = (cfg.batch_size, 1 if cfg.imflags == 0 else 3, cfg.height, cfg.width)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, device=run.device)
+    labels = torch.randint(0, run.class_dict.classes, (cfg.batch_size, cfg.height, cfg.width), device=run.device)
+    batch = run.prep((images, labels))
     return round(step_rate(run.net, run.optimizer, criterion, batch, run.device, n, run.amp_dtype, run.scaler), 2)
 
 
@@ -321,7 +327,7 @@ def _train(run: _Run, train_loader, sampler, val_loader, train_ds, epoch: int, s
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
     last: dict = history[-1] if history else {}
     max_steps = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else math.inf
-    gpu_rate = _measure_step_rate(run, train_loader, loss_fn(run.class_dict.ignore)) \
+    gpu_rate = _measure_step_rate(run, loss_fn(run.class_dict.ignore)) \
         if epoch < cfg.epochs and step < max_steps else None
     while epoch < cfg.epochs and step < max_steps:
         if sampler is not None:
