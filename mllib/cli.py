@@ -44,7 +44,7 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_download_args(p: argparse.ArgumentParser) -> None:
-    """Flags of a download job (getcoco.py, getcityscapes.py); mllib.download.Job.from_args reads them."""
+    """Flags of a download job (getcoco.py, getcityscapes.py); mllib.get.download.Job.from_args reads them."""
     g = p.add_argument_group("download")
     g.add_argument("--workdir", "-path", default="downloads", help="where zips are downloaded (NAME.part while partial)")
     g.add_argument("--keep_zips", action="store_true", help="keep the zips after a verified extraction")

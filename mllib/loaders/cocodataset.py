@@ -9,7 +9,7 @@
 
 or `CocoDataset.from_store("s3://coco", split="val2017", height=512, width=512)` for the layout getcoco.py writes.
 
-- Labels come from mllib.labels (the renderer cocorecord uses), over the cached compact index (mllib.cocoindex),
+- Labels come from mllib.labels.render (the renderer cocorecord uses), over the cached index (labels.cocoindex),
   whose flat numpy arrays DataLoader workers share without copy-on-read growth.
 - One affine warp per sample for the image (bilinear) and the same warp for the label (nearest neighbour, 255
   where padding or rotation brings in pixels from outside), so image and label stay aligned.
@@ -100,7 +100,7 @@ def output_spec(astype, normalize):
         mode = "fixed"
     dtype = np.dtype(astype)
     if dtype == np.uint8 and mode != "none":
-        raise MllibError("astype='uint8' needs normalize='none' (normalize on the GPU: mllib.gpu.BatchPrep)")
+        raise MllibError("astype='uint8' needs normalize='none' (normalize on the GPU: mllib.loaders.gpu.BatchPrep)")
     return dtype, mode, fixed
 
 
@@ -138,7 +138,7 @@ class CocoDataset(torch.utils.data.Dataset):
 
     Seed-compatible defaults: float32 C x H x W normalized per image, int64 label. The compact form for training
     (`astype="uint8", normalize="none", label_dtype="uint8"`) sends 1/5 of the bytes to the main process and
-    leaves the float conversion and normalization to the GPU (mllib.gpu.BatchPrep). A batch's images are fetched
+    leaves the float conversion and normalization to the GPU (mllib.loaders.gpu.BatchPrep). A batch's images are fetched
     concurrently (`fetch_threads` per worker, through `__getitems__`), so a store's latency overlaps the work.
     """
 

@@ -6,7 +6,7 @@
 Single process, or one process per GPU under torchrun (DistributedDataParallel + a split of the data per rank);
 the process group is created and destroyed here, in `process_group`. The data path: workers send uint8 images and
 labels (1 MB per 512x512 sample), batches are pinned and copied to the GPU beside the running step
-(mllib.gpu.DevicePrefetcher), normalized there in channels_last, bf16 autocast, no host sync inside the loop (the
+(mllib.loaders.gpu.DevicePrefetcher), normalized there in channels_last, bf16 autocast, no host sync inside the loop (the
 loss is summed on the device and read every `log_every` steps). Cross-entropy that ignores 255, per-class IoU and
 mIoU on validation after each epoch, metrics appended to a JSON lines file (images/s, data-wait fraction, the
 GPU-only step rate of the same model and their ratio), checkpoints written atomically to models/<name>/ and
