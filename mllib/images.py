@@ -105,13 +105,18 @@ def decode(data: bytes, flags: int = cv2.IMREAD_COLOR, rgba: bool = False) -> np
 def verify(data: bytes) -> None:
     """ImageError unless the whole image decodes cleanly: a JPEG through libjpeg-turbo with its warnings as errors
     (corrupt entropy-coded data decodes to grey blocks otherwise), a PNG by every chunk's CRC, then a decode."""
-    fmt, h, w, _ = info(data)
+    fmt, h, w, channels = info(data)
     check_size(h, w)
+    _verify_body(data, fmt, channels)
+
+
+def _verify_body(data: bytes, fmt: str, channels: int) -> None:
+    """verify() once the header is known to be sound and within MAX_PIXELS."""
     if fmt == "jpeg":
         import simplejpeg
 
         try:
-            simplejpeg.decode_jpeg(data, colorspace="GRAY" if _jpeg_header(data)[2] == 1 else "RGB", strict=True)
+            simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB", strict=True)
         except ValueError as e:
             raise ImageError(f"corrupt JPEG data ({str(e)[:200]})") from None
         return
@@ -139,12 +144,9 @@ def uniform_rgb(data: bytes, jpeg_quality: int = 95) -> tuple[bytes, str, int, i
     """
     fmt, h, w, channels = info(data)
     check_size(h, w)
-    if fmt == "jpeg" and channels == 3:
-        verify(data)
-        return data, "jpeg", h, w
-    if fmt == "png" and channels == 3:
-        verify(data)
-        return data, "png", h, w
+    if fmt in ("jpeg", "png") and channels == 3:  # passed through byte for byte, once it is known to decode
+        _verify_body(data, fmt, channels)
+        return data, fmt, h, w
     rgb = decode(data, cv2.IMREAD_COLOR)
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if fmt == "jpeg":
