@@ -82,9 +82,9 @@ def test_seed_normalize_flags_and_transforms(local_store, tmp_path):
     assert torch.equal(img, per_image[0] * 2) and torch.equal(lab, per_image[1] + 1) and calls == [1]
 
 
-def test_getitems_matches_getitem_and_worker_counts(local_store, tmp_path):
-    put_coco(local_store, tmp_path)
-    ds = compact(local_store)
+def test_getitems_matches_getitem_and_worker_counts(any_store, tmp_path):
+    put_coco(any_store, tmp_path)
+    ds = compact(any_store)
     batch = ds.__getitems__([3, 0, 5])
     for i, s in zip([3, 0, 5], batch, strict=True):
         one = ds[i]
@@ -98,15 +98,15 @@ def test_getitems_matches_getitem_and_worker_counts(local_store, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_skip_bad_in_a_concurrent_batch(local_store, tmp_path):
-    d = put_coco(local_store, tmp_path)
-    local_store.delete(f"datasets/coco/val2017/{d['images'][2]['file_name']}")
-    ds = compact(local_store, skip_bad=True)
+def test_skip_bad_in_a_concurrent_batch(any_store, tmp_path):
+    d = put_coco(any_store, tmp_path)
+    any_store.delete(f"datasets/coco/val2017/{d['images'][2]['file_name']}")
+    ds = compact(any_store, skip_bad=True)
     out = ds.__getitems__([1, 2, 4])
     assert len(out) == 3 and ds.bad_count() == 1
-    assert torch.equal(out[1][0], compact(local_store, skip_bad=True)[2][0])  # 2 replaced as __getitem__ does
+    assert torch.equal(out[1][0], compact(any_store, skip_bad=True)[2][0])  # 2 replaced as __getitem__ does
     with pytest.raises(Exception, match="missing"):
-        compact(local_store).__getitems__([1, 2])
+        compact(any_store).__getitems__([1, 2])
 
 
 @pytest.mark.s3

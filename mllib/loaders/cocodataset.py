@@ -307,10 +307,12 @@ class CocoDataset(torch.utils.data.Dataset):
         return self._pool
 
     def __getitems__(self, indices):
-        """A batch (DataLoader calls this with a batch's indices): all images fetched at once by a thread pool,
-        each sample decoded and warped as soon as its bytes are in, so a store's latency overlaps the work."""
+        """A batch (DataLoader calls this with a batch's indices): from a store behind a network, all images are
+        fetched at once by a thread pool, each sample decoded and warped as soon as its bytes are in, so the
+        store's latency overlaps the work. A local store's reads take microseconds: no pool there (measured on 16
+        cores: the same samples/s with and without one)."""
         indices = [int(i) for i in indices]
-        if self.fetch_threads <= 1 or len(indices) <= 1:
+        if self.fetch_threads <= 1 or len(indices) <= 1 or self.store.local_path() is not None:
             return [self._sample(i) for i in indices]
         pool = self._thread_pool()
         n = len(self)
