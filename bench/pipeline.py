@@ -111,11 +111,18 @@ def supply(ds, workers: int, batch: int, seconds: float, pin: bool) -> dict:
             "worker_sys_ms": round(1000 * d[3] / total, 2)}
 
 
-def scaling(label, ds, one, counts, batch, seconds, pin) -> list[dict]:
-    say(f"DataLoader supply, {label} (no model, batch {batch}, pin_memory={pin}); CPU ms per sample:")
+def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1) -> list[dict]:
+    """Supply at each worker count. With repeats > 1 the counts are measured in turn (1, 2, 1, 2, ...) and each
+    gets its median run: a VM's speed drifts between minutes, and interleaving lets every count see the same drift."""
+    say(f"DataLoader supply, {label} (no model, batch {batch}, pin_memory={pin}"
+        f"{f', median of {repeats} interleaved runs' if repeats > 1 else ''}); CPU ms per sample:")
+    runs: dict[int, list[dict]] = {w: [] for w in counts}
+    for _ in range(repeats):
+        for w in counts:
+            runs[w].append(supply(ds, w, batch, seconds, pin))
     rows, best = [], 0.0
     for w in counts:
-        r = supply(ds, w, batch, seconds, pin)
+        r = sorted(runs[w], key=lambda x: x["samples_per_s"])[len(runs[w]) // 2]
         r["vs_N_x_one"] = round(r["samples_per_s"] / (max(1, w) * one), 3)
         rows.append(r)
         mark = "" if r["samples_per_s"] >= best * 0.97 else "  (lower than with fewer workers)"
@@ -249,6 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default=None, help="worker counts (default 1,2,... up to cores - 1)")
     ap.add_argument("--float_workers", default="", help="worker counts for the seed's float32 output too")
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per DataLoader figure")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per worker count (median reported)")
     ap.add_argument("--one_process", type=int, default=200, help="samples for the one-process rate")
     ap.add_argument("--latency_ms", type=float, default=30.0)
     ap.add_argument("--latency_images", type=int, default=400)
@@ -280,7 +288,7 @@ def main(argv=None) -> int:
             f"({1000 / one_f:.1f} ms)")
         RESULTS["bytes_per_sample"] = bytes_per_sample(s, a.size)
         RESULTS["supply_uint8"] = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch,
-                                          a.seconds, pin)
+                                          a.seconds, pin, a.repeats)
         rows = RESULTS["supply_uint8"]
         if len(rows) >= 2 and rows[0]["workers"] == 1 and rows[1]["workers"] == 2:
             say(f"  2 workers / 1 worker: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x (goal >= 1.8)")
