@@ -6,7 +6,8 @@
 On real COCO JPEGs (../shared/data/coco-real val2017, repeated) in a local store, 512x512, full augmentation:
   one process    CocoDataset samples/s in this process: the compact uint8 output and the seed's float32 one
   DataLoader     supply (samples/s, no model) at each worker count, with worker and main-process CPU per sample
-                 (user / system), and the ratio to N x the one-process rate (goal >= 0.7, never lower with more)
+                 (user / system), and the ratio to N x the one-process rate (goal >= 0.7, never lower with more);
+                 batches through SlotCollate (reused shared memory), then the same with PyTorch's default collate
   bytes/sample   what crosses the process boundary: uint8 image + uint8 label vs float32 + int64
   latency        SeaweedFS (a real S3 server on 127.0.0.1) direct vs through a proxy adding --latency_ms to every
                  request, the same workers (goal: the added latency costs <= 20%); skipped without weed and boto3
@@ -36,6 +37,7 @@ from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
 from mllib import store as mstore
 from mllib.loaders.cocodataset import CocoDataset, keep_freed_memory, worker_init_fn
+from mllib.loaders.slots import SlotCollate
 
 RESULTS: dict = {}
 AUG = dict(rotate=15, scale_min=0.75, scale_max=1.25, offset=0.1, flipX=True, flipY=True)
@@ -71,10 +73,13 @@ def _cpu():
     return s.ru_utime, s.ru_stime, c.ru_utime, c.ru_stime
 
 
-def loader(ds, workers: int, batch: int, pin: bool, **kw):
-    """A DataLoader as training makes one: persistent workers (epochs do not fork again), prefetch 4."""
+def loader(ds, workers: int, batch: int, pin: bool, slots: bool = True, **kw):
+    """A DataLoader as training makes one: persistent workers (epochs do not fork again), prefetch 4, batches
+    through reused shared-memory slots (slots=False: PyTorch's default collate, a fresh segment per batch)."""
     if workers:
         kw.update(prefetch_factor=4, persistent_workers=True)
+    if slots:
+        kw["collate_fn"] = SlotCollate()
     return torch.utils.data.DataLoader(ds, num_workers=workers, batch_size=batch, pin_memory=pin,
                                        worker_init_fn=worker_init_fn, **kw)
 
@@ -97,10 +102,11 @@ def rate(dl, workers: int, seconds: float, set_epoch=None) -> tuple[float, int]:
         epoch += 1
 
 
-def supply(ds, workers: int, batch: int, seconds: float, pin: bool) -> dict:
+def supply(ds, workers: int, batch: int, seconds: float, pin: bool, slots: bool = True) -> dict:
     """Samples/s the DataLoader delivers with no model, after each worker's first batch; CPU per sample."""
     before = _cpu()
-    dl = loader(ds, workers, batch, pin, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
+    dl = loader(ds, workers, batch, pin, slots, shuffle=True, drop_last=True,
+                generator=torch.Generator().manual_seed(0))
     rate_, batches = rate(dl, workers, seconds)
     del dl  # workers exit; their CPU time shows in RUSAGE_CHILDREN
     after = _cpu()
@@ -111,26 +117,58 @@ def supply(ds, workers: int, batch: int, seconds: float, pin: bool) -> dict:
             "worker_sys_ms": round(1000 * d[3] / total, 2)}
 
 
-def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1) -> list[dict]:
-    """Supply at each worker count. With repeats > 1 the counts are measured in turn (1, 2, 1, 2, ...) and each
-    gets its median run: a VM's speed drifts between minutes, and interleaving lets every count see the same drift."""
-    say(f"DataLoader supply, {label} (no model, batch {batch}, pin_memory={pin}"
-        f"{f', median of {repeats} interleaved runs' if repeats > 1 else ''}); CPU ms per sample:")
-    runs: dict[int, list[dict]] = {w: [] for w in counts}
+def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_counts=()) -> dict:
+    """Supply at each worker count with SlotCollate, and at `default_counts` with PyTorch's default collate too.
+    With repeats > 1 every (count, collate) is measured in turn (1, 2, 1, 2, ...) and gets its median run: a VM's
+    speed drifts between minutes, and interleaving lets every figure see the same drift."""
+    plan = [(w, True) for w in counts] + [(w, False) for w in default_counts]
+    runs: dict[tuple[int, bool], list[dict]] = {k: [] for k in plan}
+    ones = []
     for _ in range(repeats):
-        for w in counts:
-            runs[w].append(supply(ds, w, batch, seconds, pin))
-    rows, best = [], 0.0
-    for w in counts:
-        r = sorted(runs[w], key=lambda x: x["samples_per_s"])[len(runs[w]) // 2]
-        r["vs_N_x_one"] = round(r["samples_per_s"] / (max(1, w) * one), 3)
-        rows.append(r)
-        mark = "" if r["samples_per_s"] >= best * 0.97 else "  (lower than with fewer workers)"
-        best = max(best, r["samples_per_s"])
-        say(f"  {w:2d} workers: {r['samples_per_s']:7.1f} samples/s = {r['vs_N_x_one']:.2f} x N x one-process; "
-            f"workers {r['worker_user_ms']:.1f} user + {r['worker_sys_ms']:.1f} sys, main {r['main_user_ms']:.1f} "
-            f"user + {r['main_sys_ms']:.1f} sys{mark}")
-    return rows
+        if repeats > 1:  # the one-process rate in every round too, so that the ratios see the same drift
+            ones.append(one_process(ds, 200))
+        for w, slots in plan:
+            runs[(w, slots)].append(supply(ds, w, batch, seconds, pin, slots))
+    if ones:
+        one = float(np.median(ones))
+        say(f"one process, median of {repeats} runs interleaved with the DataLoader runs: {one:.1f} samples/s "
+            f"(runs {', '.join(f'{x:.0f}' for x in ones)})")
+    out = {"one_process": one}
+    for slots, name in ((True, "SlotCollate"), (False, "default_collate")):
+        ws = [w for w, s in plan if s == slots]
+        if not ws:
+            continue
+        say(f"DataLoader supply, {label}, {name} (no model, batch {batch}, pin_memory={pin}"
+            f"{f', median of {repeats} interleaved runs' if repeats > 1 else ''}); CPU ms per sample:")
+        rows, best = [], 0.0
+        for w in ws:
+            r = sorted(runs[(w, slots)], key=lambda x: x["samples_per_s"])[len(runs[(w, slots)]) // 2]
+            r["vs_N_x_one"] = round(r["samples_per_s"] / (max(1, w) * one), 3)
+            rows.append(r)
+            mark = "" if r["samples_per_s"] >= best * 0.97 else "  (lower than with fewer workers)"
+            best = max(best, r["samples_per_s"])
+            say(f"  {w:2d} workers: {r['samples_per_s']:7.1f} samples/s = {r['vs_N_x_one']:.2f} x N x one-process; "
+                f"workers {r['worker_user_ms']:.1f} user + {r['worker_sys_ms']:.1f} sys, main "
+                f"{r['main_user_ms']:.1f} user + {r['main_sys_ms']:.1f} sys{mark}")
+        _two_over_one(rows, runs.get((1, slots)), runs.get((2, slots)))
+        out[name] = rows
+    if "default_collate" in out:
+        by_w = {r["workers"]: r["samples_per_s"] for r in out["default_collate"]}
+        say("  SlotCollate vs default_collate: " + ", ".join(
+            f"{r['workers']} workers {r['samples_per_s'] / by_w[r['workers']]:.2f}x" for r in out["SlotCollate"]
+            if r["workers"] in by_w))
+    return out
+
+
+def _two_over_one(rows, ones=None, twos=None) -> None:
+    """2 workers / 1 worker from the medians; with interleaved runs also the median of each round's own ratio
+    (the two measured a minute apart, under the same drift)."""
+    if len(rows) >= 2 and rows[0]["workers"] == 1 and rows[1]["workers"] == 2:
+        msg = f"  2 workers / 1 worker: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x"
+        if ones and twos and len(ones) > 1:
+            per = sorted(b["samples_per_s"] / a["samples_per_s"] for a, b in zip(ones, twos, strict=True))
+            msg += f" (each round's own: {', '.join(f'{x:.2f}' for x in per)}; median {per[len(per) // 2]:.2f}x)"
+        say(msg + " (goal >= 1.8)")
 
 
 def bytes_per_sample(store, size) -> dict:
@@ -255,6 +293,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", default=None, help="worker counts (default 1,2,... up to cores - 1)")
     ap.add_argument("--float_workers", default="", help="worker counts for the seed's float32 output too")
+    ap.add_argument("--default_collate", default="all",
+                    help="worker counts to measure with PyTorch's default collate too ('all': every --workers "
+                         "count; '': none)")
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per DataLoader figure")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per worker count (median reported)")
     ap.add_argument("--one_process", type=int, default=200, help="samples for the one-process rate")
@@ -287,15 +328,15 @@ def main(argv=None) -> int:
         say(f"one process: {one:.1f} samples/s uint8 ({1000 / one:.1f} ms), {one_f:.1f} float32 + int64 "
             f"({1000 / one_f:.1f} ms)")
         RESULTS["bytes_per_sample"] = bytes_per_sample(s, a.size)
-        RESULTS["supply_uint8"] = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch,
-                                          a.seconds, pin, a.repeats)
-        rows = RESULTS["supply_uint8"]
-        if len(rows) >= 2 and rows[0]["workers"] == 1 and rows[1]["workers"] == 2:
-            say(f"  2 workers / 1 worker: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x (goal >= 1.8)")
+        dc = counts if a.default_collate == "all" else [int(x) for x in a.default_collate.split(",") if x]
+        sc = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch, a.seconds, pin,
+                     a.repeats, dc)
+        RESULTS["supply_uint8"] = rows = sc["SlotCollate"]
+        RESULTS["supply_uint8_default_collate"] = sc.get("default_collate")
         if a.float_workers:
             fc = [int(x) for x in a.float_workers.split(",")]
             RESULTS["supply_float32"] = scaling("the seed's float32 image + int64 label", seedlike(s, a.size), one_f,
-                                                fc, a.batch, a.seconds, pin)
+                                                fc, a.batch, a.seconds, pin)["SlotCollate"]
         top = counts[-1]
         if "latency" not in skip:
             RESULTS["latency"] = latency(shared, tmp, a.size, a.batch, min(top, 2) if cores <= 2 else top,

@@ -2,5 +2,6 @@
 
     augment.py      the single-warp augmentation shared by every loader (Augment, warp, place)
     cocodataset.py  CocoDataset / CocoStore: PyTorch Dataset over COCO in the store (mllib.cocodataset)
+    slots.py        SlotCollate: DataLoader batches through reused per-worker shared memory
     gpu.py          the device end: BatchPrep (uint8 -> normalized float, channels_last), DevicePrefetcher
 """

@@ -1,7 +1,8 @@
 """The device end of the data path: compact uint8 batches in, normalized float batches on the GPU out.
 
     loader = DataLoader(CocoDataset(..., astype="uint8", normalize="none", label_dtype="uint8"),
-                        batch_size=32, num_workers=15, pin_memory=True, worker_init_fn=worker_init_fn)
+                        batch_size=32, num_workers=15, pin_memory=True, worker_init_fn=worker_init_fn,
+                        collate_fn=SlotCollate())
     prep = BatchPrep(device)                           # ImageNet mean/std, channels_last, float32
     for images, labels in DevicePrefetcher(loader, prep):
         loss = criterion(model(images), labels)        # batch k+1 is being copied while this step runs

@@ -13,6 +13,7 @@ import torch
 
 from mllib.loaders.augment import Augment
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
+from mllib.loaders.slots import SlotCollate
 from mllib.store import Store
 
 
@@ -56,7 +57,7 @@ def loaders(cfg, train_ds, val_ds, device, rank: int, world: int):
     iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
     sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) \
         if world > 1 and not iterable else None
-    kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+    kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda", collate_fn=SlotCollate(),
               persistent_workers=cfg.num_workers > 0, worker_init_fn=worker_init_fn)
     if cfg.num_workers > 0:
         kw["prefetch_factor"] = cfg.prefetch
