@@ -118,6 +118,21 @@ def _children(pid: int) -> list[str]:
     return out
 
 
+def _open_files(pid: str) -> list[str]:
+    """What the process's file descriptors point at now; fds that close while being read are left out."""
+    names = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return names
+    for fd in fds:
+        try:
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed between listdir and readlink, or the process has gone
+            continue
+    return names
+
+
 def test_dead_worker_is_an_error_naming_the_shard_not_a_hang(tmp_path):
     s = mstore.connect(tmp_path / "store")
     put_coco(s, tmp_path, n=300, hw=(200, 260))
@@ -135,8 +150,7 @@ def test_dead_worker_is_an_error_naming_the_shard_not_a_hang(tmp_path):
             except OSError:
                 continue
             if b"multiprocessing" in cmd and b"resource_tracker" not in cmd and any(
-                    ".tfrecord.tmp" in os.readlink(f"/proc/{kid}/fd/{fd}")
-                    for fd in os.listdir(f"/proc/{kid}/fd") if os.path.exists(f"/proc/{kid}/fd/{fd}")):
+                    ".tfrecord.tmp" in name for name in _open_files(kid)):
                 os.kill(int(kid), signal.SIGKILL)
                 killed = kid
                 break
