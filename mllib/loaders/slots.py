@@ -18,6 +18,9 @@ fills again and again:
   `wait_s` for one and then, for every batch that finds no free slot from then on, falls back to the default
   collate. It never blocks for long and never overwrites a batch that is still referenced.
 
+Memory: a worker keeps the slots it has needed (about prefetch_factor + 1 batches) for as long as it lives, about
+what the default path has in flight anyway; the main process unmaps an exited worker's slots within a second.
+
 Batches have exactly the structure and values `default_collate` gives (tensors of one shape and dtype per field
 are stacked in the slot; anything else goes through `default_collate`). Without DataLoader workers, or where
 memfd_create is missing (not Linux), SlotCollate is `default_collate`.
