@@ -332,6 +332,7 @@ def main(argv=None) -> int:
         sc = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch, a.seconds, pin,
                      a.repeats, dc)
         RESULTS["supply_uint8"] = rows = sc["SlotCollate"]
+        RESULTS["one_process"]["uint8_interleaved"] = round(sc["one_process"], 1)  # what the ratios used
         RESULTS["supply_uint8_default_collate"] = sc.get("default_collate")
         if a.float_workers:
             fc = [int(x) for x in a.float_workers.split(",")]

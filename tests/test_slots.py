@@ -158,7 +158,7 @@ def test_a_worker_waits_for_a_slot_once_then_falls_back_at_once(monkeypatch, cap
     assert 0.2 <= time.monotonic() - t0 < 2 and "still held by the consumer" in caplog.text
     t0 = time.monotonic()
     assert same(collate(batch), default_collate(batch)) and time.monotonic() - t0 < 0.1  # no more waiting
-    collate._ring.slots[0].state[0] = 0  # what the consumer's release does
+    collate._ring.get().slots[0].state[0] = 0  # what the consumer's release does
     assert isinstance(collate(batch), slots._Payload)
 
 

@@ -224,11 +224,12 @@ def test_script_error_is_one_line_and_nonzero(tmp_path):
 def test_fast_put_path_and_fallback_errors(s3_store, monkeypatch):
     s3_store.put_bytes("fast/a", b"1" * 1000)
     fp = s3_store.fast_put
-    assert fp._conn is not None and fp._failures == 0 and fp.active  # the signed fast PUT was used
+    assert fp._conn.made and fp._failures == 0 and fp.active  # the signed fast PUT was used
     assert s3_store.get_bytes("fast/a") == b"1" * 1000
     # rejected credentials: the fast PUT fails, boto3 repeats it and explains, without the secret
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-abcdef")
-    fp._conn, s3_store._client = None, None
+    fp._conn.reset()  # both clients made again, with the changed environment
+    s3_store._client.reset()
     with pytest.raises(StoreError) as e:
         s3_store.put_bytes("fast/b", b"2")
     assert "credentials" in str(e.value) and "wrong-secret-abcdef" not in str(e.value)
@@ -238,15 +239,16 @@ def test_fast_put_path_and_fallback_errors(s3_store, monkeypatch):
             s3_store.put_bytes("fast/b", b"2")
     assert not fp.active  # off after 3 failures in a row: boto3 alone from then on
     monkeypatch.undo()
-    fp._conn, s3_store._client = None, None
+    fp._conn.reset()  # both clients made again, with the changed environment
+    s3_store._client.reset()
     assert not s3_store.exists("fast/b")
 
 
 def test_fast_put_off_switch(s3_bucket, monkeypatch):
     off = mstore.S3Store(f"s3://{s3_bucket}", fast_put=False)
     off.put_bytes("x/a", b"1")
-    assert off.get_bytes("x/a") == b"1" and off.fast_put._conn is None  # boto3 only
+    assert off.get_bytes("x/a") == b"1" and not off.fast_put._conn.made  # boto3 only
     monkeypatch.setenv("MLLIB_FAST_PUT", "0")
     env_off = mstore.S3Store(f"s3://{s3_bucket}")
     env_off.put_bytes("x/b", b"2")
-    assert env_off.fast_put._conn is None and not env_off.fast_put.active
+    assert not env_off.fast_put._conn.made and not env_off.fast_put.active

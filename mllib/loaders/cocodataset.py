@@ -26,6 +26,7 @@ import copy
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ from mllib.labels import classes
 from mllib.labels.cocoindex import CocoIndex
 from mllib.labels.render import LabelError, Renderer, presence
 from mllib.loaders.augment import Augment, channels, chw_uint8, warp
+from mllib.perprocess import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,7 @@ class CocoDataset(torch.utils.data.Dataset):
         self.seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._bad = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._pool, self._pool_pid = None, None
+        self._pool = PerProcess(partial(ThreadPoolExecutor, self.fetch_threads, thread_name_prefix="mllib-fetch"))
 
     # the seed's attribute names for the augmentation parameters
     enable_transform = property(lambda self: self.augment.enable)
@@ -200,11 +202,6 @@ class CocoDataset(torch.utils.data.Dataset):
     scale_min = property(lambda self: self.augment.scale_min)
     scale_max = property(lambda self: self.augment.scale_max)
     resize = property(lambda self: self.augment.resize)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.update(_pool=None, _pool_pid=None)
-        return state
 
     @classmethod
     def from_store(cls, url, split: str = "train2017", classes="coco", dataset: str = "coco", stuff: bool = False,
@@ -220,7 +217,6 @@ class CocoDataset(torch.utils.data.Dataset):
         other.augment, other.seed = augment, int(seed)
         other._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         other._bad = torch.zeros(1, dtype=torch.int64).share_memory_()
-        other._pool, other._pool_pid = None, None
         return other
 
     def __len__(self) -> int:
@@ -300,12 +296,6 @@ class CocoDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         return self._sample(int(i))
 
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None or self._pool_pid != os.getpid():  # one pool per process (DataLoader workers fork)
-            self._pool = ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="mllib-fetch")
-            self._pool_pid = os.getpid()
-        return self._pool
-
     def __getitems__(self, indices):
         """A batch (DataLoader calls this with a batch's indices): from a store behind a network, all images are
         fetched at once by a thread pool, each sample decoded and warped as soon as its bytes are in, so the
@@ -314,7 +304,7 @@ class CocoDataset(torch.utils.data.Dataset):
         indices = [int(i) for i in indices]
         if self.fetch_threads <= 1 or len(indices) <= 1 or self.store.local_path() is not None:
             return [self._sample(i) for i in indices]
-        pool = self._thread_pool()
+        pool = self._pool.get()  # one per process: DataLoader workers make their own
         n = len(self)
         futures = [pool.submit(self.fetch, i % n) for i in indices]
         try:

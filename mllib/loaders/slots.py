@@ -34,12 +34,16 @@ import os
 import threading
 import time
 import uuid
+from functools import partial
 from multiprocessing import reduction
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import default_collate
+
+from mllib.perprocess import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +57,17 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-class _Region:
+def _state_word(mm: mmap.mmap) -> np.ndarray:
+    """A slot's state word (its first 8 bytes): 0 free, 1 in use by the receiving side."""
+    return np.frombuffer(mm, np.int64, 1, 0)
+
+
+class _Region(NamedTuple):
     """Where one stacked field lies in a slot (a placeholder in the batch's structure while it travels)."""
 
-    __slots__ = ("offset", "shape", "dtype")
-
-    def __init__(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype):
-        self.offset, self.shape, self.dtype = offset, shape, dtype
-
-    def __reduce__(self):
-        return _Region, (self.offset, self.shape, self.dtype)
+    offset: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
 
     @property
     def nbytes(self) -> int:
@@ -81,7 +86,7 @@ class _Slot:
             raise
         self.size = size
         self.token = uuid.uuid4().hex
-        self.state = np.frombuffer(self.mm, np.int64, 1, 0)
+        self.state = _state_word(self.mm)
         self.flat = torch.frombuffer(self.mm, dtype=torch.uint8)
         self.sent = False
 
@@ -129,16 +134,12 @@ class _Ring:
         s = self._free(need)
         if s is not None:
             return s
+        small = next((s for s in self.slots if s.state[0] == 0), None) if len(self.slots) >= self.max_slots else None
+        if small is not None:  # a free slot too small for this batch: replaced, and the main process forgets it
+            self.slots.remove(small)
+            self.retired.append(small.token)
+            small.close()
         if len(self.slots) < self.max_slots:
-            s = _Slot(need)
-            self.slots.append(s)
-            return s
-        small = [s for s in self.slots if s.state[0] == 0]
-        if small:  # a free slot too small for this batch: replace it, and tell the main process to forget it
-            old = small[0]
-            self.slots.remove(old)
-            self.retired.append(old.token)
-            old.close()
             s = _Slot(need)
             self.slots.append(s)
             return s
@@ -170,20 +171,8 @@ class SlotCollate:
         if max_slots < 1:
             raise ValueError("max_slots must be at least 1")
         self.max_slots, self.wait_s = int(max_slots), float(wait_s)
-        self._ring: _Ring | None = None
-        self._pid: int | None = None
+        self._ring = PerProcess(partial(_Ring, self.max_slots, self.wait_s))  # each worker makes its own slots
         self._usable = hasattr(os, "memfd_create")
-
-    def __getstate__(self):  # a spawned worker starts with no slots of its own
-        return {"max_slots": self.max_slots, "wait_s": self.wait_s}
-
-    def __setstate__(self, state):
-        self.__init__(**state)
-
-    def _worker_ring(self) -> _Ring:
-        if self._pid != os.getpid():  # forked workers inherit the object: each makes its own slots
-            self._ring, self._pid = _Ring(self.max_slots, self.wait_s), os.getpid()
-        return self._ring
 
     def __call__(self, batch):
         if not self._usable or get_worker_info() is None or not batch:
@@ -198,7 +187,7 @@ class SlotCollate:
             r = _Region(offset, (len(tensors), *t.shape), t.dtype)
             regions.append(r)
             offset += _aligned(r.nbytes)
-        ring = self._worker_ring()
+        ring = self._ring.get()
         try:
             slot = ring.acquire(offset)
         except OSError as e:  # memfd or mmap refused (limits, an exotic kernel): the default path from now on
@@ -218,38 +207,26 @@ class SlotCollate:
 
 
 def _stackable(items) -> bool:
+    """Plain CPU tensors of one shape and dtype, none needing grad: what torch.stack(out=slot) takes."""
     t = items[0]
-    if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type != "cpu" or t.is_quantized:
-        return False
     return all(isinstance(x, torch.Tensor) and x.shape == t.shape and x.dtype == t.dtype and not x.requires_grad
-               and x.device.type == "cpu" and x.layout == torch.strided for x in items)
+               and x.device.type == "cpu" and x.layout == torch.strided and not x.is_quantized for x in items)
 
 
 _FIELD = object()  # marks a stacked field in a worker's plan of a batch
 
 
-class _Seq:
+class _Seq(NamedTuple):
     """A list (or a namedtuple of type `kind`) in a batch's structure."""
 
-    __slots__ = ("parts", "kind")
-
-    def __init__(self, parts, kind=None):
-        self.parts, self.kind = parts, kind
-
-    def __reduce__(self):
-        return _Seq, (self.parts, self.kind)
+    parts: list
+    kind: type | None = None
 
 
-class _Map:
-    """A dict in a batch's structure."""
+class _Map(NamedTuple):
+    """A dict in a batch's structure: (key, plan) pairs."""
 
-    __slots__ = ("items",)
-
-    def __init__(self, items):
-        self.items = items
-
-    def __reduce__(self):
-        return _Map, (self.items,)
+    items: list
 
 
 def _plan(batch, fields: list):
@@ -351,7 +328,7 @@ class _Lease:
     __slots__ = ("state", "pid")
 
     def __init__(self, mm: mmap.mmap):
-        self.state = np.frombuffer(mm, np.int64, 1, 0)
+        self.state = _state_word(mm)
         self.pid = os.getpid()
 
     def __del__(self):

@@ -18,12 +18,13 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from mllib.perprocess import PerProcess
+
 
 @dataclass
 class _Conn:
     """What one process needs to send signed PUTs: its pool, credentials and where the bucket is."""
 
-    pid: int
     pool: object  # urllib3.PoolManager
     credentials: object  # botocore Credentials (refreshable)
     region: str
@@ -37,7 +38,7 @@ class FastPut:
     def __init__(self, store, enabled: bool = True):
         self.store = store
         self.enabled = enabled and os.environ.get("MLLIB_FAST_PUT", "1") != "0"
-        self._conn: _Conn | None = None
+        self._conn = PerProcess(self._connect)  # one pool per process
         self._lock = threading.Lock()
         self._failures = 0  # consecutive, across threads
 
@@ -59,18 +60,12 @@ class FastPut:
         if not self.active:
             return False
         try:
-            ok = self._send(self._connection(), full_key, body)
+            ok = self._send(self._conn.get(), full_key, body)
         except (urllib3.exceptions.HTTPError, OSError, BotoCoreError, ValueError):
             ok = False
         with self._lock:
             self._failures = 0 if ok else self._failures + 1
         return ok
-
-    def _connection(self) -> _Conn:
-        with self._lock:
-            if self._conn is None or self._conn.pid != os.getpid():  # one pool per process
-                self._conn = self._connect()
-            return self._conn
 
     def _send(self, c: _Conn, full_key: str, body: bytes) -> bool:
         from botocore.auth import S3SigV4Auth
@@ -111,4 +106,4 @@ class FastPut:
                 import certifi
 
                 kw.update(cert_reqs="CERT_REQUIRED", ca_certs=store.ca_bundle() or certifi.where())
-        return _Conn(os.getpid(), urllib3.PoolManager(**kw), creds, region, base, virtual)
+        return _Conn(urllib3.PoolManager(**kw), creds, region, base, virtual)

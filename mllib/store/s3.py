@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from mllib.perprocess import PerProcess
 from mllib.store.base import PART_SIZE, NotFound, ObjectInfo, Store, StoreError, clean_key
 from mllib.store.fastput import FastPut
 
@@ -49,9 +49,7 @@ class S3Store(Store):
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.verify = ca_bundle if ca_bundle else verify
         self.max_pool_connections = max_pool_connections
-        self._client = None
-        self._pid = None
-        self._lock = threading.Lock()
+        self._client = PerProcess(self._make_client)  # a store travels to worker processes; each makes its own
         self.fast_put = FastPut(self, enabled=fast_put)
 
     def with_bucket(self, bucket: str) -> Store:
@@ -61,26 +59,9 @@ class S3Store(Store):
                        verify=self.verify, max_pool_connections=self.max_pool_connections,
                        fast_put=self.fast_put.enabled)
 
-    # a store travels to worker processes without its client; each process makes its own
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.update(_client=None, _pid=None, _lock=None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
     @property
     def client(self):
-        if self._client is None or self._pid != os.getpid():
-            if self._pid != os.getpid():
-                self._lock = threading.Lock()  # a lock inherited through fork may be held by a dead thread
-            with self._lock:
-                if self._client is None or self._pid != os.getpid():
-                    self._client = self._make_client()
-                    self._pid = os.getpid()
-        return self._client
+        return self._client.get()
 
     def _make_client(self):
         import boto3
