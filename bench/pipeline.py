@@ -8,6 +8,9 @@ On real COCO JPEGs (../shared/data/coco-real val2017, repeated) in a local store
   DataLoader     supply (samples/s, no model) at each worker count, with worker and main-process CPU per sample
                  (user / system), and the ratio to N x the one-process rate (goal >= 0.7, never lower with more);
                  batches through SlotCollate (reused shared memory), then the same with PyTorch's default collate
+  ceiling        N independent processes computing samples at once (no DataLoader, no IPC): what N of these cores
+                 deliver together, each process's own rate (unequal cores show here), and the DataLoader's share
+                 of it. N x the one-process rate is the goal's yardstick; the ceiling is what the machine allows
   bytes/sample   what crosses the process boundary: uint8 image + uint8 label vs float32 + int64
   latency        SeaweedFS (a real S3 server on 127.0.0.1) direct vs through a proxy adding --latency_ms to every
                  request, the same workers (goal: the added latency costs <= 20%); skipped without weed and boto3
@@ -22,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
+import queue
 import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -117,40 +123,102 @@ def supply(ds, workers: int, batch: int, seconds: float, pin: bool, slots: bool 
             "worker_sys_ms": round(1000 * d[3] / total, 2)}
 
 
-def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_counts=()) -> dict:
-    """Supply at each worker count with SlotCollate, and at `default_counts` with PyTorch's default collate too.
-    With repeats > 1 every (count, collate) is measured in turn (1, 2, 1, 2, ...) and gets its median run: a VM's
-    speed drifts between minutes, and interleaving lets every figure see the same drift."""
-    plan = [(w, True) for w in counts] + [(w, False) for w in default_counts]
-    runs: dict[tuple[int, bool], list[dict]] = {k: [] for k in plan}
+def _compute(ds, k: int, seconds: float, start, results) -> None:
+    """One ceiling process: samples in its own shuffled order for `seconds` after the common start."""
+    keep_freed_memory()
+    order = np.random.default_rng(100 + k).permutation(len(ds))
+    for i in order[:4]:
+        ds[int(i)]
+    start.wait(timeout=120)
+    n, c0, t0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ds[int(order[(4 + n) % len(ds)])]
+        n += 1
+    results.put((n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n))
+
+
+def ceiling(ds, n: int, seconds: float) -> dict:
+    """Samples/s of n forked processes computing at once with nothing between them (no DataLoader, no IPC), the
+    sum of their own rates; the slowest and fastest process and the CPU ms per sample. Bounded: a process that
+    does not report within `seconds` + 2 minutes is killed and the figure fails."""
+    ctx = mp.get_context("fork")
+    start, results = ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=_compute, args=(ds, k, seconds, start, results), daemon=True) for k in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        start.wait(timeout=120)
+        got = [results.get(timeout=seconds + 120) for _ in procs]
+    except (queue.Empty, threading.BrokenBarrierError) as e:
+        raise RuntimeError(f"ceiling: a process of {n} did not report ({type(e).__name__})") from None
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    rates = [g[0] for g in got]
+    return {"processes": n, "samples_per_s": round(sum(rates), 1), "slowest": round(min(rates), 1),
+            "fastest": round(max(rates), 1), "cpu_ms": round(float(np.mean([g[1] for g in got])), 2)}
+
+
+def _median(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda x: x["samples_per_s"])[len(runs) // 2]
+
+
+def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_counts=(), ceiling_counts=()) -> dict:
+    """Supply at each worker count with SlotCollate, at `default_counts` with PyTorch's default collate too, and
+    the ceiling (independent processes) at `ceiling_counts`. With repeats > 1 every measurement is taken in turn
+    (1, 2, 1, 2, ...) and gets its median run: a VM's speed drifts between minutes, and interleaving lets every
+    figure see the same drift."""
+    plan = [(w, "slots") for w in counts] + [(w, "default") for w in default_counts] + \
+        [(w, "ceiling") for w in ceiling_counts]
+    runs: dict[tuple[int, str], list[dict]] = {k: [] for k in plan}
     ones = []
     for _ in range(repeats):
         if repeats > 1:  # the one-process rate in every round too, so that the ratios see the same drift
             ones.append(one_process(ds, 200))
-        for w, slots in plan:
-            runs[(w, slots)].append(supply(ds, w, batch, seconds, pin, slots))
+        for w, kind in plan:
+            runs[(w, kind)].append(ceiling(ds, w, seconds) if kind == "ceiling" else
+                                   supply(ds, w, batch, seconds, pin, kind == "slots"))
     if ones:
         one = float(np.median(ones))
         say(f"one process, median of {repeats} runs interleaved with the DataLoader runs: {one:.1f} samples/s "
             f"(runs {', '.join(f'{x:.0f}' for x in ones)})")
     out = {"one_process": one}
-    for slots, name in ((True, "SlotCollate"), (False, "default_collate")):
-        ws = [w for w, s in plan if s == slots]
+    ceil = {w: _median(runs[(w, "ceiling")]) for w in ceiling_counts}
+    if ceil:
+        say(f"ceiling: N independent processes computing samples at once (no DataLoader, no IPC"
+            f"{f', median of {repeats} interleaved runs' if repeats > 1 else ''}):")
+        for w, c in ceil.items():
+            c["vs_N_x_one"] = round(c["samples_per_s"] / (w * one), 3)
+            say(f"  {w:2d} {'process  ' if w == 1 else 'processes'}: {c['samples_per_s']:7.1f} samples/s = "
+                f"{c['vs_N_x_one']:.2f} x N x one-process;"
+                f" each process {c['slowest']:.0f}-{c['fastest']:.0f} samples/s, {c['cpu_ms']:.1f} ms CPU per sample")
+        out["ceiling_2_over_1"] = _two_over_one(list(ceil.values()), runs.get((1, "ceiling")),
+                                                runs.get((2, "ceiling")), "processes", "what these cores allow")
+        out["ceiling"] = list(ceil.values())
+    for kind, name in (("slots", "SlotCollate"), ("default", "default_collate")):
+        ws = [w for w, k in plan if k == kind]
         if not ws:
             continue
         say(f"DataLoader supply, {label}, {name} (no model, batch {batch}, pin_memory={pin}"
             f"{f', median of {repeats} interleaved runs' if repeats > 1 else ''}); CPU ms per sample:")
         rows, best = [], 0.0
         for w in ws:
-            r = sorted(runs[(w, slots)], key=lambda x: x["samples_per_s"])[len(runs[(w, slots)]) // 2]
+            r = _median(runs[(w, kind)])
             r["vs_N_x_one"] = round(r["samples_per_s"] / (max(1, w) * one), 3)
+            share = ""
+            if w in ceil:  # the median of each round's own share
+                per = _paired(runs[(w, kind)], runs[(w, "ceiling")])
+                r["vs_ceiling"] = round(float(np.median(per)), 3)
+                share = f", {r['vs_ceiling']:.2f} x the ceiling"
             rows.append(r)
             mark = "" if r["samples_per_s"] >= best * 0.97 else "  (lower than with fewer workers)"
             best = max(best, r["samples_per_s"])
-            say(f"  {w:2d} workers: {r['samples_per_s']:7.1f} samples/s = {r['vs_N_x_one']:.2f} x N x one-process; "
-                f"workers {r['worker_user_ms']:.1f} user + {r['worker_sys_ms']:.1f} sys, main "
+            say(f"  {w:2d} workers: {r['samples_per_s']:7.1f} samples/s = {r['vs_N_x_one']:.2f} x N x one-process"
+                f"{share}; workers {r['worker_user_ms']:.1f} user + {r['worker_sys_ms']:.1f} sys, main "
                 f"{r['main_user_ms']:.1f} user + {r['main_sys_ms']:.1f} sys{mark}")
-        _two_over_one(rows, runs.get((1, slots)), runs.get((2, slots)))
+        out[f"{name}_2_over_1"] = _two_over_one(rows, runs.get((1, kind)), runs.get((2, kind)))
         out[name] = rows
     if "default_collate" in out:
         by_w = {r["workers"]: r["samples_per_s"] for r in out["default_collate"]}
@@ -160,15 +228,27 @@ def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_coun
     return out
 
 
-def _two_over_one(rows, ones=None, twos=None) -> None:
-    """2 workers / 1 worker from the medians; with interleaved runs also the median of each round's own ratio
-    (the two measured a minute apart, under the same drift)."""
-    if len(rows) >= 2 and rows[0]["workers"] == 1 and rows[1]["workers"] == 2:
-        msg = f"  2 workers / 1 worker: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}x"
-        if ones and twos and len(ones) > 1:
-            per = sorted(b["samples_per_s"] / a["samples_per_s"] for a, b in zip(ones, twos, strict=True))
-            msg += f" (each round's own: {', '.join(f'{x:.2f}' for x in per)}; median {per[len(per) // 2]:.2f}x)"
-        say(msg + " (goal >= 1.8)")
+def _paired(num: list[dict], den: list[dict]) -> list[float]:
+    """Each round's own ratio num / den, sorted: the two were measured within a minute, under the same drift."""
+    return sorted(b["samples_per_s"] / a["samples_per_s"] for a, b in zip(den, num, strict=True))
+
+
+def _two_over_one(rows, ones=None, twos=None, what="workers", goal="goal >= 1.8") -> float | None:
+    """2 / 1: with interleaved runs the median of each round's own ratio (a VM's drift between rounds cancels),
+    the ratio of the medians beside it; with one run, the ratio. Printed and returned."""
+    key = "workers" if "workers" in rows[0] else "processes"
+    if not (len(rows) >= 2 and rows[0][key] == 1 and rows[1][key] == 2):
+        return None
+    of_medians = rows[1]["samples_per_s"] / rows[0]["samples_per_s"]
+    if ones and twos and len(ones) > 1:
+        per = _paired(twos, ones)
+        ratio = float(np.median(per))
+        say(f"  2 {what} / 1: {ratio:.2f}x, the median of each round's own ratio ({', '.join(f'{x:.2f}' for x in per)}"
+            f"); ratio of the medians {of_medians:.2f}x ({goal})")
+    else:
+        ratio = of_medians
+        say(f"  2 {what} / 1: {ratio:.2f}x ({goal})")
+    return round(ratio, 3)
 
 
 def bytes_per_sample(store, size) -> dict:
@@ -296,6 +376,9 @@ def main(argv=None) -> int:
     ap.add_argument("--default_collate", default="all",
                     help="worker counts to measure with PyTorch's default collate too ('all': every --workers "
                          "count; '': none)")
+    ap.add_argument("--ceiling", default="all",
+                    help="process counts for the ceiling (independent processes, no DataLoader; 'all': every "
+                         "--workers count up to the cores; '': none)")
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per DataLoader figure")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per worker count (median reported)")
     ap.add_argument("--one_process", type=int, default=200, help="samples for the one-process rate")
@@ -329,11 +412,15 @@ def main(argv=None) -> int:
             f"({1000 / one_f:.1f} ms)")
         RESULTS["bytes_per_sample"] = bytes_per_sample(s, a.size)
         dc = counts if a.default_collate == "all" else [int(x) for x in a.default_collate.split(",") if x]
-        sc = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch, a.seconds, pin,
-                     a.repeats, dc)
+        cc = [w for w in counts if 1 <= w <= cores] if a.ceiling == "all" else \
+            [int(x) for x in a.ceiling.split(",") if x]
+        sc = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch,
+                     a.seconds, pin, a.repeats, dc, cc)
         RESULTS["supply_uint8"] = rows = sc["SlotCollate"]
         RESULTS["one_process"]["uint8_interleaved"] = round(sc["one_process"], 1)  # what the ratios used
         RESULTS["supply_uint8_default_collate"] = sc.get("default_collate")
+        RESULTS["ceiling_uint8"] = sc.get("ceiling")
+        RESULTS["two_over_one"] = {k: sc.get(f"{k}_2_over_1") for k in ("SlotCollate", "default_collate", "ceiling")}
         if a.float_workers:
             fc = [int(x) for x in a.float_workers.split(",")]
             RESULTS["supply_float32"] = scaling("the seed's float32 image + int64 label", seedlike(s, a.size), one_f,
