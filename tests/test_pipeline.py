@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mllib import layout
-from mllib.loaders.augment import Augment
+from mllib.loaders.augment import Augment, chw_uint8
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.records.read import RecordsDataset
@@ -50,6 +50,19 @@ def test_compact_samples_equal_the_float_path(local_store, tmp_path):
                                                                           for t in fl[0][:2])
     with pytest.raises(Exception, match="uint8"):
         dataset(local_store, astype="uint8")  # a uint8 image cannot hold normalized values
+
+
+def test_chw_uint8_planes_of_every_layout():
+    """RGBA working copies give their 3 RGB planes, RGB its 3, one channel and gray 1: contiguous, values exact."""
+    rng = np.random.default_rng(3)
+    for shape, planes in (((37, 53, 4), 3), ((37, 53, 3), 3), ((37, 53, 1), 1), ((37, 53), 1)):
+        img = rng.integers(0, 256, shape, np.uint8)
+        out = chw_uint8(img)
+        want = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)[:planes]
+        assert out.shape == (planes, 37, 53) and out.dtype == np.uint8 and out.flags.c_contiguous
+        assert np.array_equal(out, want)
+    view = rng.integers(0, 256, (40, 60, 4), np.uint8)[2:39, 3:56]  # a non-contiguous source
+    assert np.array_equal(chw_uint8(view), view.transpose(2, 0, 1)[:3])
 
 
 def test_without_augmentation_pixels_are_copied_exactly(local_store, tmp_path):

@@ -110,11 +110,16 @@ def channels(img: np.ndarray) -> int:
 
 def chw_uint8(img: np.ndarray) -> np.ndarray:
     """HxWxC (or HxW) uint8 -> contiguous CxHxW uint8: the compact form that crosses the process boundary.
-    An RGBA working copy gives its 3 RGB planes."""
+    An RGBA working copy gives its 3 RGB planes. One pass: cv2.split writes the planes straight into the output
+    (the padding channel into a scratch plane); a plane it had to put elsewhere is copied in."""
     if img.ndim == 2:
         return img[None]
+    h, w, n = img.shape
     c = channels(img)
-    out = np.empty((c, img.shape[0], img.shape[1]), np.uint8)
-    for k, plane in enumerate(cv2.split(img)[:c]):
-        out[k] = plane
+    out = np.empty((c, h, w), np.uint8)
+    dst = [*out, *(np.empty((h, w), np.uint8) for _ in range(n - c))]
+    got = cv2.split(img, dst)
+    for k in range(c):
+        if got[k].ctypes.data != out[k].ctypes.data:
+            out[k] = got[k]
     return out
