@@ -8,6 +8,7 @@ On real COCO JPEGs (../shared/data/coco-real val2017, repeated) in a local store
   DataLoader     supply (samples/s, no model) at each worker count, with worker and main-process CPU per sample
                  (user / system), and the ratio to N x the one-process rate (goal >= 0.7, never lower with more);
                  batches through SlotCollate (reused shared memory), then the same with PyTorch's default collate
+                 (--unordered: also with DataLoader(in_order=False), where a worker that is ahead is not held back)
   ceiling        N independent processes computing samples at once (no DataLoader, no IPC): what N of these cores
                  deliver together, each process's own rate (unequal cores show here), and the DataLoader's share
                  of it. N x the one-process rate is the goal's yardstick; the ceiling is what the machine allows
@@ -108,11 +109,14 @@ def rate(dl, workers: int, seconds: float, set_epoch=None) -> tuple[float, int]:
         epoch += 1
 
 
-def supply(ds, workers: int, batch: int, seconds: float, pin: bool, slots: bool = True) -> dict:
-    """Samples/s the DataLoader delivers with no model, after each worker's first batch; CPU per sample."""
+def supply(ds, workers: int, batch: int, seconds: float, pin: bool, slots: bool = True, in_order: bool = True) -> dict:
+    """Samples/s the DataLoader delivers with no model, after each worker's first batch; CPU per sample.
+    in_order=False: batches handed over as they are done, and a worker that is ahead given more work (torch's
+    `DataLoader(in_order=False)`), instead of every worker kept within prefetch_factor of the slowest."""
     before = _cpu()
+    kw = {} if in_order else {"in_order": False}
     dl = loader(ds, workers, batch, pin, slots, shuffle=True, drop_last=True,
-                generator=torch.Generator().manual_seed(0))
+                generator=torch.Generator().manual_seed(0), **kw)
     rate_, batches = rate(dl, workers, seconds)
     del dl  # workers exit; their CPU time shows in RUSAGE_CHILDREN
     after = _cpu()
@@ -165,13 +169,15 @@ def _median(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda x: x["samples_per_s"])[len(runs) // 2]
 
 
-def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_counts=(), ceiling_counts=()) -> dict:
-    """Supply at each worker count with SlotCollate, at `default_counts` with PyTorch's default collate too, and
-    the ceiling (independent processes) at `ceiling_counts`. With repeats > 1 every measurement is taken in turn
+def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_counts=(), ceiling_counts=(),
+            unordered_counts=()) -> dict:
+    """Supply at each worker count with SlotCollate, at `default_counts` with PyTorch's default collate too, at
+    `unordered_counts` with SlotCollate and in_order=False, and the ceiling (independent processes) at
+    `ceiling_counts`. With repeats > 1 every measurement is taken in turn
     (1, 2, 1, 2, ...) and gets its median run: a VM's speed drifts between minutes, and interleaving lets every
     figure see the same drift."""
-    plan = [(w, "slots") for w in counts] + [(w, "default") for w in default_counts] + \
-        [(w, "ceiling") for w in ceiling_counts]
+    plan = [(w, "slots") for w in counts] + [(w, "unordered") for w in unordered_counts] + \
+        [(w, "default") for w in default_counts] + [(w, "ceiling") for w in ceiling_counts]
     runs: dict[tuple[int, str], list[dict]] = {k: [] for k in plan}
     ones = []
     for _ in range(repeats):
@@ -179,7 +185,7 @@ def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_coun
             ones.append(one_process(ds, 200))
         for w, kind in plan:
             runs[(w, kind)].append(ceiling(ds, w, seconds) if kind == "ceiling" else
-                                   supply(ds, w, batch, seconds, pin, kind == "slots"))
+                                   supply(ds, w, batch, seconds, pin, kind != "default", kind != "unordered"))
     if ones:
         one = float(np.median(ones))
         say(f"one process, median of {repeats} runs interleaved with the DataLoader runs: {one:.1f} samples/s "
@@ -197,11 +203,13 @@ def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_coun
         out["ceiling_2_over_1"] = _two_over_one(list(ceil.values()), runs.get((1, "ceiling")),
                                                 runs.get((2, "ceiling")), "processes", "what these cores allow")
         out["ceiling"] = list(ceil.values())
-    for kind, name in (("slots", "SlotCollate"), ("default", "default_collate")):
+    for kind, name in (("slots", "SlotCollate"), ("unordered", "SlotCollate_unordered"),
+                       ("default", "default_collate")):
         ws = [w for w, k in plan if k == kind]
         if not ws:
             continue
-        say(f"DataLoader supply, {label}, {name} (no model, batch {batch}, pin_memory={pin}"
+        title = "SlotCollate, in_order=False" if kind == "unordered" else name
+        say(f"DataLoader supply, {label}, {title} (no model, batch {batch}, pin_memory={pin}"
             f"{f', median of {repeats} interleaved runs' if repeats > 1 else ''}); CPU ms per sample:")
         rows, best = [], 0.0
         for w in ws:
@@ -220,11 +228,12 @@ def scaling(label, ds, one, counts, batch, seconds, pin, repeats=1, default_coun
                 f"{r['main_user_ms']:.1f} user + {r['main_sys_ms']:.1f} sys{mark}")
         out[f"{name}_2_over_1"] = _two_over_one(rows, runs.get((1, kind)), runs.get((2, kind)))
         out[name] = rows
-    if "default_collate" in out:
-        by_w = {r["workers"]: r["samples_per_s"] for r in out["default_collate"]}
-        say("  SlotCollate vs default_collate: " + ", ".join(
-            f"{r['workers']} workers {r['samples_per_s'] / by_w[r['workers']]:.2f}x" for r in out["SlotCollate"]
-            if r["workers"] in by_w))
+    for kind, what in (("default", "SlotCollate vs default_collate"), ("unordered", "in_order=False vs in order")):
+        ws = [w for w, k in plan if k == kind and w in counts]
+        if ws:  # the median of each round's own ratio
+            num, den = ("slots", kind) if kind == "default" else (kind, "slots")
+            say(f"  {what}: " + ", ".join(
+                f"{w} workers {float(np.median(_paired(runs[(w, num)], runs[(w, den)]))):.2f}x" for w in ws))
     return out
 
 
@@ -376,6 +385,9 @@ def main(argv=None) -> int:
     ap.add_argument("--default_collate", default="all",
                     help="worker counts to measure with PyTorch's default collate too ('all': every --workers "
                          "count; '': none)")
+    ap.add_argument("--unordered", default="",
+                    help="worker counts to measure with DataLoader(in_order=False) too (a worker that is ahead is "
+                         "not held back by a slower one)")
     ap.add_argument("--ceiling", default="all",
                     help="process counts for the ceiling (independent processes, no DataLoader; 'all': every "
                          "--workers count up to the cores; '': none)")
@@ -415,12 +427,14 @@ def main(argv=None) -> int:
         cc = [w for w in counts if 1 <= w <= cores] if a.ceiling == "all" else \
             [int(x) for x in a.ceiling.split(",") if x]
         sc = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch,
-                     a.seconds, pin, a.repeats, dc, cc)
+                     a.seconds, pin, a.repeats, dc, cc, [int(x) for x in a.unordered.split(",") if x])
         RESULTS["supply_uint8"] = rows = sc["SlotCollate"]
         RESULTS["one_process"]["uint8_interleaved"] = round(sc["one_process"], 1)  # what the ratios used
         RESULTS["supply_uint8_default_collate"] = sc.get("default_collate")
+        RESULTS["supply_uint8_unordered"] = sc.get("SlotCollate_unordered")
         RESULTS["ceiling_uint8"] = sc.get("ceiling")
-        RESULTS["two_over_one"] = {k: sc.get(f"{k}_2_over_1") for k in ("SlotCollate", "default_collate", "ceiling")}
+        RESULTS["two_over_one"] = {k: sc.get(f"{k}_2_over_1") for k in ("SlotCollate", "SlotCollate_unordered",
+                                                                          "default_collate", "ceiling")}
         if a.float_workers:
             fc = [int(x) for x in a.float_workers.split(",")]
             RESULTS["supply_float32"] = scaling("the seed's float32 image + int64 label", seedlike(s, a.size), one_f,
