@@ -43,6 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--learning_rate", "-learning_rate", type=float, default=1e-3)
     p.add_argument("--num_workers", "-num_workers", type=int, default=4, help="DataLoader worker processes")
     p.add_argument("--prefetch", type=int, default=4, help="batches prefetched per worker")
+    p.add_argument("--unordered", action="store_true",
+                   help="take training batches as the workers finish them (DataLoader in_order=False): a worker that "
+                        "is ahead is not held back by a slower one; the same batches, in an order that can differ "
+                        "between runs")
     p.add_argument("--device", "-device", default="auto", help="cuda when available, else cpu")
     p.add_argument("--amp", "-amp", action="store_true", help="mixed precision (bf16 where supported)")
     p.add_argument("--model_name", "-model_name", default="unet2d", help="models/<model_name>/ in the store")

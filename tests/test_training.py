@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -94,6 +95,26 @@ def test_network2d_checkpoint_and_resume(local_store, tmp_path, capsys):
     for p, st in saved["state"].items():
         for name, value in st.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(now["state"][p][name])), (p, name)
+
+
+def test_unordered_loader_gives_the_same_batches(local_store, tmp_path):
+    """--unordered: DataLoader(in_order=False) for training, with exactly the batches of the ordered loader (the
+    same samples in each, only their arrival may differ); validation stays in order."""
+    from mllib.classes import load
+    from mllib.training import data
+
+    put_train_val(local_store, tmp_path, n=8)
+    digests = {}
+    for unordered in (False, True):
+        cfg = train.TrainConfig(height=32, width=48, batch_size=2, num_workers=2, unordered=unordered, valset="",
+                                val_fraction=0.25)
+        train_ds, val_ds = data.datasets(cfg, local_store, load("coco"), 0, 1)
+        dl, _, val = data.loaders(cfg, train_ds, val_ds, torch.device("cpu"), 0, 1)
+        assert dl.in_order is not unordered and val.in_order
+        torch.manual_seed(0)  # the shuffle
+        digests[unordered] = sorted(hashlib.sha256(b[0].numpy().tobytes() + b[1].numpy().tobytes()).hexdigest()
+                                    for b in dl)
+    assert len(digests[False]) == 3 and digests[True] == digests[False]
 
 
 def test_network2d_resume_without_checkpoint_is_clear(local_store, tmp_path, capsys):

@@ -61,8 +61,10 @@ def loaders(cfg, train_ds, val_ds, device, rank: int, world: int):
               persistent_workers=cfg.num_workers > 0, worker_init_fn=worker_init_fn)
     if cfg.num_workers > 0:
         kw["prefetch_factor"] = cfg.prefetch
+    # unordered: a worker that is ahead is not held back by a slower one; the same batches, in an order that varies
+    extra = {"in_order": False} if cfg.unordered and cfg.num_workers > 1 else {}
     train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and not iterable,
-                                        sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size, **kw)
+                                        sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size, **kw, **extra)
     val = None
     if val_ds is not None and len(val_ds):
         val_sampler = torch.utils.data.DistributedSampler(val_ds, world, rank, shuffle=False) \

@@ -61,6 +61,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     num_workers: int = 4
     prefetch: int = 4
+    unordered: bool = False  # training batches handed over as workers finish them (DataLoader in_order=False)
     fetch_threads: int = 16
     device: str = "auto"
     amp: bool = False
