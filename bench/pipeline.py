@@ -47,6 +47,7 @@ from mllib.loaders.cocodataset import CocoDataset, keep_freed_memory, worker_ini
 from mllib.loaders.slots import SlotCollate
 
 RESULTS: dict = {}
+TRAIN_VARIANTS = {"eager": {}, "compile": {"compile": True}, "unordered": {"unordered": True}}  # network2d flags
 AUG = dict(rotate=15, scale_min=0.75, scale_max=1.25, offset=0.1, flipX=True, flipY=True)
 
 
@@ -337,7 +338,7 @@ def records(store, n_img, size, batch, workers, seconds, pin, coco_rate) -> dict
     return r
 
 
-def cuda_part(store, size, batch, workers, epochs, tmp: Path) -> dict | None:
+def cuda_part(store, size, batch, workers, epochs, tmp: Path, variants=("eager", "compile")) -> dict | None:
     """Whole epochs; the first (worker start-up, kernel selection, compile) is left out of the figures. Each
     epoch starts with the DataLoader refilling its pipeline (~0.3 s), so short epochs show more data wait: use
     --images so that an epoch is a few hundred steps (a real COCO epoch at batch 32 is 3,697)."""
@@ -351,7 +352,8 @@ def cuda_part(store, size, batch, workers, epochs, tmp: Path) -> dict | None:
                   batch_size=batch, num_workers=workers, amp=True, no_progress=True, step_rate_steps=30,
                   metrics_file=str(tmp / "metrics.jsonl"), epochs=epochs)
     out = {}
-    for name, extra in (("eager", {}), ("compile", {"compile": True})):
+    for name in variants:
+        extra = TRAIN_VARIANTS[name]
         (tmp / "metrics.jsonl").unlink(missing_ok=True)
         cfg = train.TrainConfig(model_name=f"bench-{name}", **common, **extra)
         t0 = time.perf_counter()
@@ -397,9 +399,14 @@ def main(argv=None) -> int:
     ap.add_argument("--latency_ms", type=float, default=30.0)
     ap.add_argument("--latency_images", type=int, default=400)
     ap.add_argument("--train_epochs", type=int, default=3, help="epochs of each end-to-end CUDA run")
+    ap.add_argument("--train_variants", default="eager,compile",
+                    help="end-to-end CUDA runs: eager, compile (--compile), unordered (--unordered)")
     ap.add_argument("--skip", default="", help="parts to skip: latency,records,cuda")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     a = ap.parse_args(argv)
+    variants = [v for v in a.train_variants.split(",") if v]
+    if not set(variants) <= set(TRAIN_VARIANTS):
+        ap.error(f"--train_variants: choose from {', '.join(TRAIN_VARIANTS)}")
     shared = Path(a.shared)
     if not require_sample(shared):
         return 2
@@ -446,7 +453,7 @@ def main(argv=None) -> int:
         if "records" not in skip:
             RESULTS["records"] = records(s, n, a.size, a.batch, top, a.seconds, pin, rows[-1]["samples_per_s"])
         if "cuda" not in skip:
-            RESULTS["cuda"] = cuda_part(s, a.size, a.batch, top, a.train_epochs, tmp)
+            RESULTS["cuda"] = cuda_part(s, a.size, a.batch, top, a.train_epochs, tmp, variants)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if a.json:
