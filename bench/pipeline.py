@@ -45,6 +45,7 @@ from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 from mllib import store as mstore
 from mllib.loaders.cocodataset import CocoDataset, keep_freed_memory, worker_init_fn
 from mllib.loaders.slots import SlotCollate
+from mllib.training.data import unordered_supported
 
 RESULTS: dict = {}
 TRAIN_VARIANTS = {"eager": {}, "compile": {"compile": True}, "unordered": {"unordered": True}}  # network2d flags
@@ -354,6 +355,9 @@ def cuda_part(store, size, batch, workers, epochs, tmp: Path, variants=("eager",
     out = {}
     for name in variants:
         extra = TRAIN_VARIANTS[name]
+        if extra.get("unordered") and not unordered_supported():
+            say(f"CUDA {name}: skipped (PyTorch {torch.__version__}'s DataLoader has no in_order)")
+            continue
         (tmp / "metrics.jsonl").unlink(missing_ok=True)
         cfg = train.TrainConfig(model_name=f"bench-{name}", **common, **extra)
         t0 = time.perf_counter()
@@ -431,10 +435,14 @@ def main(argv=None) -> int:
             f"({1000 / one_f:.1f} ms)")
         RESULTS["bytes_per_sample"] = bytes_per_sample(s, a.size)
         dc = counts if a.default_collate == "all" else [int(x) for x in a.default_collate.split(",") if x]
+        uc = [int(x) for x in a.unordered.split(",") if x]
+        if uc and not unordered_supported():
+            say(f"in_order=False: skipped (PyTorch {torch.__version__}'s DataLoader has no in_order; 2.6 and newer)")
+            uc = []
         cc = [w for w in counts if 1 <= w <= cores] if a.ceiling == "all" else \
             [int(x) for x in a.ceiling.split(",") if x]
         sc = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch,
-                     a.seconds, pin, a.repeats, dc, cc, [int(x) for x in a.unordered.split(",") if x])
+                     a.seconds, pin, a.repeats, dc, cc, uc)
         RESULTS["supply_uint8"] = rows = sc["SlotCollate"]
         RESULTS["one_process"]["uint8_interleaved"] = round(sc["one_process"], 1)  # what the ratios used
         RESULTS["supply_uint8_default_collate"] = sc.get("default_collate")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mllib import MllibError
 from mllib.training import train
 from mllib.training.metrics import ConfusionMatrix
 from mllib.training.unet import UNet
@@ -97,7 +98,7 @@ def test_network2d_checkpoint_and_resume(local_store, tmp_path, capsys):
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(now["state"][p][name])), (p, name)
 
 
-def test_unordered_loader_gives_the_same_batches(local_store, tmp_path):
+def test_unordered_loader_gives_the_same_batches(local_store, tmp_path, monkeypatch):
     """--unordered: DataLoader(in_order=False) for training, with exactly the batches of the ordered loader (the
     same samples in each, only their arrival may differ); validation stays in order."""
     from mllib.classes import load
@@ -115,6 +116,10 @@ def test_unordered_loader_gives_the_same_batches(local_store, tmp_path):
         digests[unordered] = sorted(hashlib.sha256(b[0].numpy().tobytes() + b[1].numpy().tobytes()).hexdigest()
                                     for b in dl)
     assert len(digests[False]) == 3 and digests[True] == digests[False]
+    # a PyTorch without DataLoader(in_order=...) gets a clear error, not a TypeError from deep inside
+    monkeypatch.setattr(data, "unordered_supported", lambda: False)
+    with pytest.raises(MllibError, match="--unordered needs PyTorch 2.6"):
+        data.loaders(cfg, train_ds, val_ds, torch.device("cpu"), 0, 1)
 
 
 def test_network2d_resume_without_checkpoint_is_clear(local_store, tmp_path, capsys):

@@ -8,9 +8,12 @@ is split by a DistributedSampler, a records set by shards (every rank the same n
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
+from mllib import MllibError
 from mllib.loaders.augment import Augment
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 from mllib.loaders.slots import SlotCollate
@@ -48,6 +51,11 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
             torch.utils.data.Subset(val_ds, order[:n_val].tolist()))
 
 
+def unordered_supported() -> bool:
+    """Whether this PyTorch's DataLoader takes in_order (2.6 and newer)."""
+    return "in_order" in inspect.signature(torch.utils.data.DataLoader.__init__).parameters
+
+
 def base_dataset(ds):
     """The dataset behind a Subset (what set_epoch is called on)."""
     return ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
@@ -63,6 +71,8 @@ def loaders(cfg, train_ds, val_ds, device, rank: int, world: int):
         kw["prefetch_factor"] = cfg.prefetch
     # unordered: a worker that is ahead is not held back by a slower one; the same batches, in an order that varies
     extra = {"in_order": False} if cfg.unordered and cfg.num_workers > 1 else {}
+    if extra and not unordered_supported():
+        raise MllibError(f"--unordered needs PyTorch 2.6 or newer (DataLoader in_order); this is {torch.__version__}")
     train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and not iterable,
                                         sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size, **kw, **extra)
     val = None
