@@ -263,10 +263,16 @@ def test_ctrl_c_during_extraction_stops_within_seconds(s3_server, s3_bucket, tmp
     make_coco_zips(site, extra={"val2017.zip": {f"val2017/{i:06d}.jpg": b"j%d" % i for i in range(n)}})
     env = dict(os.environ, **s3_server.env(), PYTHONUNBUFFERED="1")
     with Mirror(site) as m:
-        p = subprocess.Popen([sys.executable, str(ROOT / "datasets" / "getcoco.py"), "--store", f"s3://{s3_bucket}",
-                              "--base_url", m.url, "--checksums", str(site / "checksums.tsv"), "--workdir",
-                              str(tmp_path / "w"), "--files", "val2017.zip", "--no_progress", "--jobs", "2"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # a child inherits an ignored SIGINT (pytest started as `cmd &` from a script ignores it): give it the default
+        # disposition, so that its Python turns Ctrl-C into KeyboardInterrupt as it does in a terminal
+        was = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            p = subprocess.Popen([sys.executable, str(ROOT / "datasets" / "getcoco.py"), "--store",
+                                  f"s3://{s3_bucket}", "--base_url", m.url, "--checksums", str(site / "checksums.tsv"),
+                                  "--workdir", str(tmp_path / "w"), "--files", "val2017.zip", "--no_progress", "--jobs",
+                                  "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            signal.signal(signal.SIGINT, was)
         s = mstore.connect(f"s3://{s3_bucket}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(True for _ in s.list("datasets/coco/val2017/")):
