@@ -26,7 +26,7 @@ run)
     nproc
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
     if [ "$#" -eq 0 ]; then
-        set -- --images 6000 --workers 1,2,8,15 --default_collate 15 --unordered 15 --train_variants eager,unordered --batch 32 --seconds 6 --skip latency
+        set -- --images 6000 --workers 1,2,8,15 --default_collate 15 --unordered 15 --transport 1,15 --train_variants eager,unordered --batch 32 --seconds 6 --skip latency
     fi
     python3 bench/pipeline.py --shared .devdata "$@"
     ;;

@@ -12,6 +12,9 @@ On real COCO JPEGs (../shared/data/coco-real val2017, repeated) in a local store
   ceiling        N independent processes computing samples at once (no DataLoader, no IPC): what N of these cores
                  deliver together, each process's own rate (unequal cores show here), and the DataLoader's share
                  of it. N x the one-process rate is the goal's yardstick; the ceiling is what the machine allows
+  transport      the loader alone: samples that cost nothing to compute (copies of one compact sample), with
+                 SlotCollate and with the default collate, and the main process's CPU per sample: the most any
+                 number of workers can deliver through it, whatever they compute
   bytes/sample   what crosses the process boundary: uint8 image + uint8 label vs float32 + int64
   latency        SeaweedFS (a real S3 server on 127.0.0.1) direct vs through a proxy adding --latency_ms to every
                  request, the same workers (goal: the added latency costs <= 20%); skipped without weed and boto3
@@ -127,6 +130,46 @@ def supply(ds, workers: int, batch: int, seconds: float, pin: bool, slots: bool 
     return {"workers": workers, "samples_per_s": round(rate_, 1), "main_user_ms": round(1000 * d[0] / total, 2),
             "main_sys_ms": round(1000 * d[1] / total, 2), "worker_user_ms": round(1000 * d[2] / total, 2),
             "worker_sys_ms": round(1000 * d[3] / total, 2)}
+
+
+class Free(torch.utils.data.Dataset):
+    """Samples that cost nothing to compute: fresh copies of one sample (a real sample is new memory too)."""
+
+    def __init__(self, sample, n: int = 1 << 20):
+        self.sample, self.n = tuple(sample), n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return tuple(t.clone() for t in self.sample)
+
+
+def transport(sample, counts, batch, seconds, pin, repeats=1) -> dict:
+    """The loader's own ceiling: supply of samples that cost nothing, SlotCollate and the default collate in turn
+    (median of `repeats` interleaved runs), with the main process's CPU per sample."""
+    ds = Free(sample)
+    plan = [(w, kind) for w in counts for kind in ("slots", "default")]
+    runs: dict = {k: [] for k in plan}
+    for _ in range(max(1, repeats)):
+        for w, kind in plan:
+            runs[(w, kind)].append(supply(ds, w, batch, seconds, pin, slots=kind == "slots"))
+    say(f"transport alone: samples that cost nothing ({sum(t.numel() * t.element_size() for t in sample) / 1e6:.2f} "
+        f"MB each), batch {batch}, pin_memory={pin}; the most the loader delivers, whatever the workers compute:")
+    out = {}
+    for w in counts:
+        row = {}
+        for kind in ("slots", "default"):
+            r = _median(runs[(w, kind)])
+            row[kind] = {k: r[k] for k in ("samples_per_s", "main_user_ms", "main_sys_ms")}
+        ratio = float(np.median(_paired(runs[(w, "slots")], runs[(w, "default")])))
+        row["slots_vs_default"] = round(ratio, 3)
+        out[w] = row
+        sl, df = row["slots"], row["default"]
+        say(f"  {w:2d} workers: SlotCollate {sl['samples_per_s']:7.0f} samples/s (main process "
+            f"{sl['main_user_ms'] + sl['main_sys_ms']:.2f} ms CPU per sample), default_collate "
+            f"{df['samples_per_s']:6.0f} ({df['main_user_ms'] + df['main_sys_ms']:.2f} ms): {ratio:.2f}x")
+    return out
 
 
 def _compute(ds, k: int, seconds: float, start, results) -> None:
@@ -395,6 +438,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ceiling", default="all",
                     help="process counts for the ceiling (independent processes, no DataLoader; 'all': every "
                          "--workers count up to the cores; '': none)")
+    ap.add_argument("--transport", default="all",
+                    help="worker counts for the loader alone (samples that cost nothing; 'all': every --workers "
+                         "count; '': none)")
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per DataLoader figure")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per worker count (median reported)")
     ap.add_argument("--one_process", type=int, default=200, help="samples for the one-process rate")
@@ -432,6 +478,9 @@ def main(argv=None) -> int:
         say(f"one process: {one:.1f} samples/s uint8 ({1000 / one:.1f} ms), {one_f:.1f} float32 + int64 "
             f"({1000 / one_f:.1f} ms)")
         RESULTS["bytes_per_sample"] = bytes_per_sample(s, a.size)
+        tc = counts if a.transport == "all" else [int(x) for x in a.transport.split(",") if x]
+        if tc:
+            RESULTS["transport"] = transport(compact(s, a.size)[0], tc, a.batch, min(a.seconds, 4.0), pin, a.repeats)
         dc = counts if a.default_collate == "all" else [int(x) for x in a.default_collate.split(",") if x]
         uc = [int(x) for x in a.unordered.split(",") if x]
         if uc and not unordered_supported():
