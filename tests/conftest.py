@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from mllib import store as mstore
-from mllib.testing.seaweed import SeaweedS3
+# The suite runs on its own settings, never on a developer's: no AWS key, profile, endpoint or ~/.aws file, no
+# MLLIB_STORE and no Cityscapes login of theirs reaches a test or a script a test starts (network tests talk to
+# 127.0.0.1 only, whatever the shell exports). MLLIB_SHARED_DATA, which only says where the sample data is, stays.
+for _k in [k for k in os.environ if k.startswith(("AWS_", "CITYSCAPES_"))
+           or (k.startswith("MLLIB_") and k != "MLLIB_SHARED_DATA")]:
+    del os.environ[_k]
+os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+from mllib import store as mstore  # noqa: E402 - after the clean-up above (mllib reads MLLIB_* at import)
+from mllib.testing.seaweed import SeaweedS3  # noqa: E402
 
 SHARED = Path(os.environ.get("MLLIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -172,6 +172,37 @@ def test_wrong_credentials_give_clear_error_without_secret(s3_server, s3_bucket,
     assert secret not in msg and s3_server.secret_key not in msg
 
 
+def test_a_developers_aws_settings_do_not_redirect_the_test_server(s3_server, s3_bucket, monkeypatch):
+    """Shell exports that would send the server's keys elsewhere (AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL)
+    or sign differently (a session token, a profile that does not exist here) are overridden inside environment(),
+    in this process and in the scripts it starts, and are back afterwards."""
+    from mllib.testing.seaweed import free_port
+
+    theirs = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}", "AWS_PROFILE": "mllib-no-such-profile",
+              "AWS_SESSION_TOKEN": "not-a-token", "AWS_MAX_ATTEMPTS": "1"}
+    for k, v in theirs.items():
+        monkeypatch.setenv(k, v)
+    with s3_server.environment():
+        s = mstore.connect(f"s3://{s3_bucket}")
+        s.put_bytes("dev/k", b"v")
+        assert s.get_bytes("dev/k") == b"v"
+        code = ("import sys; from mllib import store; "
+                f"sys.exit(store.connect('s3://{s3_bucket}').get_bytes('dev/k') != b'v')")
+        assert subprocess.run([sys.executable, "-c", code], env=dict(os.environ), timeout=120).returncode == 0
+    assert {k: os.environ.get(k) for k in theirs} == theirs
+
+
+def test_the_suite_ignores_the_developers_settings():
+    """conftest.py drops the shell's AWS_*, MLLIB_* and CITYSCAPES_* settings and points boto3 at no ~/.aws files;
+    what is left is the test server's (once a test has started it), on 127.0.0.1."""
+    server = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"}
+    leaked = [k for k in os.environ if k.startswith(("AWS_", "CITYSCAPES_", "MLLIB_"))
+              and k not in {"MLLIB_SHARED_DATA", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", *server}]
+    assert leaked == []
+    assert os.environ["AWS_CONFIG_FILE"] == os.environ["AWS_SHARED_CREDENTIALS_FILE"] == os.devnull
+    assert os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:").startswith("http://127.0.0.1:")
+
+
 def test_missing_bucket_gives_clear_error(s3_server):
     with pytest.raises(StoreError) as e:
         mstore.connect("s3://no-such-bucket-mllib")
@@ -252,3 +283,20 @@ def test_fast_put_off_switch(s3_bucket, monkeypatch):
     env_off = mstore.S3Store(f"s3://{s3_bucket}")
     env_off.put_bytes("x/b", b"2")
     assert not env_off.fast_put._conn.made and not env_off.fast_put.active
+
+
+@pytest.mark.s3
+def test_the_test_server_holds_objects_in_many_buckets(tmp_path):
+    """Every bucket is a SeaweedFS collection with volumes of its own: with weed's default growth (7 volumes at a
+    time) -volume.max=200 is spent after 28 buckets that hold an object, and the next PutObject is an InternalError.
+    The suite makes more buckets than that in one server; SeaweedS3 grows one volume at a time."""
+    from mllib.testing.seaweed import SeaweedS3
+
+    n = 30
+    with SeaweedS3(tmp_path / "sw") as server:
+        c = server.client()
+        for i in range(n):
+            c.create_bucket(Bucket=f"many-{i:02d}")
+            c.put_object(Bucket=f"many-{i:02d}", Key="k", Body=b"%d" % i)
+        assert [c.get_object(Bucket=f"many-{i:02d}", Key="k")["Body"].read() for i in range(n)] == \
+            [b"%d" % i for i in range(n)]

@@ -50,6 +50,11 @@ def free_port_pair() -> int:
     raise OSError("no free port pair found")
 
 
+# a developer's AWS settings that would send the server's keys elsewhere (AWS_ENDPOINT_URL_S3 wins over
+# AWS_ENDPOINT_URL) or sign its requests differently
+UNSET = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
 class SeaweedS3:
     """Start with .start(), stop with .stop(); .env() gives the AWS_* variables a client needs."""
 
@@ -121,17 +126,26 @@ class SeaweedS3:
             "-metricsPort=0",
             f"-s3.config={cfg}",
         ]
+        # weed reads master.toml from its working directory: one volume per bucket (a bucket is a collection) instead
+        # of 7, so that -volume.max=200 serves ~190 buckets that hold objects, not 28
+        (self.dir / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\ncopy_3 = 3\n"
+                                              "copy_other = 1\n")
         self.log = os.fdopen(os.open(self.dir / "weed.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         self.proc = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=self.dir,
         )
         self._wait_ready(timeout)
         return self
 
     @contextlib.contextmanager
     def environment(self):
-        """Within the block, os.environ points boto3 at this server (AWS_* of env()); restored afterwards."""
-        old = {k: os.environ.get(k) for k in self.env()}
+        """Within the block, os.environ points boto3 at this server (AWS_* of env()), and the caller's own AWS
+        settings that would change where a request goes or how it is signed (UNSET: AWS_ENDPOINT_URL_S3, a session
+        token, a profile) are unset; everything is restored afterwards."""
+        old = {k: os.environ.get(k) for k in (*self.env(), *UNSET)}
+        for k in UNSET:
+            os.environ.pop(k, None)
         os.environ.update(self.env())
         try:
             yield self
@@ -217,6 +231,7 @@ def main(argv=None) -> int:
         s.create_bucket(b)
     print("# SeaweedFS S3 is up. In another shell (the key pair is random for this run):")
     print(f"export AWS_ENDPOINT_URL={s.endpoint} AWS_DEFAULT_REGION=us-east-1")
+    print(f"unset {' '.join(UNSET)}")
     print(f"export AWS_ACCESS_KEY_ID={s.access_key}")
     print("# AWS_SECRET_ACCESS_KEY: see", s.dir / "s3.json", "(mode 600)")
     try:
