@@ -37,12 +37,12 @@ def parse_args(argv=None):
                         "type, labelpath} (default: COCO train2017 and val2017 instances, + stuff when present)")
     p.add_argument("--classes_file", "-classes_file", default="coco",
                    help="class dictionary of the set: a name in mllib/datasets or a path")
-    p.add_argument("--shard_images", "-shard_images", type=int, default=1000, help="images per shard")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--shard_images", "-shard_images", type=cli.Range(1), default=1000, help="images per shard")
+    p.add_argument("--jobs", type=cli.Range(1, 256), default=1, help="worker processes")
     p.add_argument("--crowd", choices=("class", "ignore"), default="class",
                    help="crowd regions get their class, or the ignore value 255")
-    p.add_argument("--max_images", "-max_images", type=int, default=None, help="at most this many images per set")
-    p.add_argument("--seed", type=int, default=0, help="shuffle seed (recorded in description.json)")
+    p.add_argument("--max_images", "-max_images", type=cli.Range(1), default=None, help="at most this many images per set")
+    p.add_argument("--seed", type=cli.SEED, default=0, help="shuffle seed (recorded in description.json)")
     p.add_argument("--author", default=getpass.getuser(), help="recorded in description.json")
     p.add_argument("--description", default="", help="recorded in description.json")
     p.add_argument("--skip_bad", action="store_true",

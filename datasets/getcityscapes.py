@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", "-dataset", default="cityscapes", help="store folder: datasets/<dataset>/")
     p.add_argument("--packages", default="1,3",
                    help="package ids: " + ", ".join(f"{k} {v}" for k, v in cityscapes.KNOWN_PACKAGES.items()))
-    p.add_argument("--base_url", default=cityscapes.BASE_URL, help="site or mirror")
+    p.add_argument("--base_url", type=cli.http_url, default=cityscapes.BASE_URL, help="site or mirror")
     p.add_argument("--credentials_file", default=str(cityscapes.DEFAULT_CREDENTIALS),
                    help='JSON {"username", "password"}, mode 600; used when CITYSCAPES_USERNAME/PASSWORD are unset')
     cli.add_download_args(p)

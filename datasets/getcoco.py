@@ -61,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--unpinned", action="store_true",
                    help="also fetch the official files with no published size + sha256: "
                    + ", ".join(UNPINNED_FILES) + " (stuff is checked by its md5 only)")
-    p.add_argument("--base_url", default=BASE_URL, help="site or mirror serving /zips/... and /annotations/...")
+    p.add_argument("--base_url", type=cli.http_url, default=BASE_URL, help="site or mirror serving /zips/... and /annotations/...")
     p.add_argument(
         "--checksums",
         default=None,

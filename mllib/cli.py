@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -11,6 +12,66 @@ from collections.abc import Callable
 from mllib import MllibError
 
 log = logging.getLogger(__name__)
+
+
+class Range:
+    """The values a numeric setting may take: lo <= v <= hi (an end is open where None; lo_open / hi_open exclude
+    it), whole numbers (multiples of `step`) unless real=True, never NaN or infinite. As an argparse type it parses a flag, and a value
+    outside is the script's usage error (exit 2) naming the flag; problem(v) says what is wrong with a value that
+    came another way (TrainConfig)."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False, real: bool = False, step: int = 1):
+        self.lo, self.hi, self.lo_open, self.hi_open, self.real, self.step = lo, hi, lo_open, hi_open, real, step
+
+    def _wanted(self) -> str:
+        kind = "a number" if self.real else f"a multiple of {self.step}" if self.step > 1 else "a whole number"
+        if self.lo is not None and self.hi is not None and not (self.lo_open or self.hi_open):
+            return f"{kind} from {self.lo} to {self.hi}"
+        ends = [f"{'>' if self.lo_open else '>='} {self.lo}" if self.lo is not None else None,
+                f"{'<' if self.hi_open else '<='} {self.hi}" if self.hi is not None else None]
+        return " ".join([kind, " and ".join(e for e in ends if e)]).strip()
+
+    def problem(self, v) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            ok = False
+        else:
+            ok = math.isfinite(v) if self.real else isinstance(v, int) and v % self.step == 0
+        if ok and self.lo is not None:
+            ok = v > self.lo if self.lo_open else v >= self.lo
+        if ok and self.hi is not None:
+            ok = v < self.hi if self.hi_open else v <= self.hi
+        return None if ok else f"must be {self._wanted()} (got {v!r})"
+
+    def __call__(self, text: str):
+        try:
+            v = float(text) if self.real else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {self._wanted()} (got {text!r})") from None
+        why = self.problem(v)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return v
+
+
+SEED = Range(0, 2**32 - 1)  # what numpy, torch and TensorFlow all take as a seed
+
+
+def http_url(text: str) -> str:
+    """An argparse type: an http:// or https:// URL with a host (a site or mirror to download from)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(text)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL (got {text!r})")
+    return text
+
+
+def log_level(text: str) -> str:
+    """An argparse type: a logging level name (debug, info, warning, error, critical), any case."""
+    if str(text).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"must be one of debug, info, warning, error, critical (got {text!r})")
+    return str(text).upper()
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -48,13 +109,14 @@ def add_download_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("download")
     g.add_argument("--workdir", "-path", default="downloads", help="where zips are downloaded (NAME.part while partial)")
     g.add_argument("--keep_zips", action="store_true", help="keep the zips after a verified extraction")
-    g.add_argument("--jobs", type=int, default=16, help="concurrent uploads into the store")
-    g.add_argument("--retries", type=int, default=8, help="retries per file on resets, timeouts and 5xx")
+    g.add_argument("--jobs", type=Range(1, 256), default=16, help="concurrent uploads into the store")
+    g.add_argument("--retries", type=Range(0, 100), default=8, help="retries per file on resets, timeouts and 5xx")
     g.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
 
 
 def add_log_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO", help="logging level")
+    p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO", type=log_level,
+                   help="logging level: debug, info, warning, error, critical")
 
 
 def open_store(args: argparse.Namespace):

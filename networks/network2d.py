@@ -75,8 +75,8 @@ def run(args) -> int:
 
     from mllib.training import train
 
+    cfg = train.TrainConfig(**{f.name: getattr(args, f.name) for f in fields(train.TrainConfig)})  # checks ranges
     store = cli.open_store(args)
-    cfg = train.TrainConfig(**{f.name: getattr(args, f.name) for f in fields(train.TrainConfig)})
     last = train.fit(cfg, store)
     if last:  # rank 0 only
         val = last.get("val") or {}

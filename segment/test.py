@@ -18,8 +18,8 @@ def parse_args(argv=None):
     p.add_argument("--trainingset", "-trainingset", required=True, help="training set name (trainingsets/<name>)")
     p.add_argument("--model", "-model", default="unet", help="models/<model>/ in the store")
     p.add_argument("--set", default="val", help="which set to evaluate")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--max_images", type=int, default=0, help="evaluate at most this many images (0: all)")
+    p.add_argument("--batch_size", type=cli.Range(1), default=8)
+    p.add_argument("--max_images", type=cli.Range(0), default=0, help="evaluate at most this many images (0: all)")
     cli.add_log_args(p)
     return p.parse_args(argv)
 

@@ -16,7 +16,7 @@ def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
     cli.add_log_args(p)
-    p.add_argument("--jobs", type=int, default=32, help="concurrent transfers for put_dir / get_dir")
+    p.add_argument("--jobs", type=cli.Range(1, 256), default=32, help="concurrent transfers for put_dir / get_dir")
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("ls", help="list objects with sizes under a prefix")
     ls.add_argument("prefix", nargs="?", default="")

@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+from mllib.cli import Range
+
 
 class LatencyProxy:
     def __init__(self, target: tuple[str, int], delay_s: float, port: int = 0, max_seconds: float = 3600.0,
@@ -130,16 +132,24 @@ class LatencyProxy:
                 s.close()
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """--target: HOST:PORT (HOST defaults to 127.0.0.1)."""
+    host, _, port = text.rpartition(":")
+    try:
+        return host or "127.0.0.1", Range(1, 65535)(port)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port from 1 to 65535 (got {text!r})") from None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", required=True, help="HOST:PORT to forward to (an S3 endpoint on this machine)")
-    p.add_argument("--delay_ms", type=float, default=30.0, help="delay added to each request")
-    p.add_argument("--port", type=int, default=0, help="port to listen on, on 127.0.0.1 (0: a free one)")
-    p.add_argument("--seconds", type=float, default=600.0, help="stop after this long")
+    p.add_argument("--target", required=True, type=_host_port, help="HOST:PORT to forward to (an S3 endpoint on this machine)")
+    p.add_argument("--delay_ms", type=Range(0, 600_000, real=True), default=30.0, help="delay added to each request")
+    p.add_argument("--port", type=Range(0, 65535), default=0, help="port to listen on, on 127.0.0.1 (0: a free one)")
+    p.add_argument("--seconds", type=Range(0, lo_open=True, real=True), default=600.0, help="stop after this long")
     args = p.parse_args(argv)
-    host, _, port = args.target.rpartition(":")
-    proxy = LatencyProxy((host or "127.0.0.1", int(port)), args.delay_ms / 1000, args.port, args.seconds).start()
-    print(f"AWS_ENDPOINT_URL={proxy.url}  (+{args.delay_ms:g} ms per request to {args.target}, "
+    proxy = LatencyProxy(args.target, args.delay_ms / 1000, args.port, args.seconds).start()
+    print(f"AWS_ENDPOINT_URL={proxy.url}  (+{args.delay_ms:g} ms per request to {args.target[0]}:{args.target[1]}, "
           f"for {args.seconds:g} s)", flush=True)
     try:
         while proxy._running():

@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from mllib.cli import Range
+
 
 @dataclass
 class Faults:
@@ -214,8 +216,8 @@ class Mirror:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="directory to serve")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--rate", type=int, default=None, help="throttle each response to this many bytes/s")
+    p.add_argument("--port", type=Range(0, 65535), default=8000)
+    p.add_argument("--rate", type=Range(1), default=None, help="throttle each response to this many bytes/s")
     a = p.parse_args(argv)
     m = Mirror(a.root, a.port, faults=Faults(rate=a.rate))
     print(f"serving {m.root} at {m.url} (Ctrl-C stops)")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mllib import MllibError, layout
+from mllib.cli import SEED, Range
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
@@ -77,6 +78,36 @@ class TrainConfig:
     no_progress: bool = False
     log_every: int = 50
     step_rate_steps: int = -1  # GPU-only step rate measured over this many steps (-1: 20 on CUDA, 0 elsewhere)
+
+    def __post_init__(self):
+        """A setting out of range is a one-line MllibError naming the flag, before anything is read or written."""
+        for name, allowed in LIMITS.items():
+            why = allowed.problem(getattr(self, name))
+            if why:
+                raise MllibError(f"--{name} {why}")
+        if min(self.height, self.width) < 2**self.model_depth:
+            raise MllibError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
+                             f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
+
+
+# the values every numeric setting may take (network2d's flags have the same names)
+LIMITS = {
+    "val_fraction": Range(0, 1, hi_open=True, real=True),
+    "height": Range(1, 16384),
+    "width": Range(1, 16384),
+    "batch_size": Range(1),
+    "epochs": Range(1),
+    "max_steps": Range(0),
+    "learning_rate": Range(0, lo_open=True, real=True),
+    "num_workers": Range(0, 1024),
+    "prefetch": Range(1),
+    "fetch_threads": Range(1, 1024),
+    "model_width": Range(1, 1024),
+    "model_depth": Range(0, 8),
+    "seed": SEED,
+    "log_every": Range(1),
+    "step_rate_steps": Range(-1),
+}
 
 
 @contextlib.contextmanager

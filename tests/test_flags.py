@@ -1,0 +1,93 @@
+"""Every script's numeric and URL flags are checked before anything runs: a value out of range is a usage error
+(exit status 2) that names the flag, with no traceback and nothing created in the store; network2d's settings are
+checked where TrainConfig is made, so callers of the library get the same one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mllib import MllibError
+from mllib.cli import SEED, Range
+
+from .conftest import load_script
+
+USAGE = [  # (script, flags, the flag the error must name)
+    ("datasets/getcoco.py", ["--jobs", "0"], "--jobs"),
+    ("datasets/getcoco.py", ["--retries", "-1"], "--retries"),
+    ("datasets/getcoco.py", ["--base_url", "ftp://mirror/coco"], "--base_url"),
+    ("datasets/getcoco.py", ["--log_level", "chatty"], "--log"),
+    ("datasets/getcityscapes.py", ["--base_url", "file:///etc"], "--base_url"),
+    ("datasets/cocorecord.py", ["-trainingset_name", "t", "--shard_images", "0"], "--shard_images"),
+    ("datasets/cocorecord.py", ["-trainingset_name", "t", "--jobs", "-2"], "--jobs"),
+    ("datasets/cocorecord.py", ["-trainingset_name", "t", "--max_images", "0"], "--max_images"),
+    ("datasets/cocorecord.py", ["-trainingset_name", "t", "--seed", "-1"], "--seed"),
+    ("datasets/cocostore.py", ["-n", "0"], "--count"),
+    ("datasets/cocostore.py", ["--height", "tall"], "--height"),
+    ("datasets/viewdataset.py", ["-trainingset_name", "t", "--cols", "0"], "--cols"),
+    ("datasets/viewdataset.py", ["-trainingset_name", "t", "--size", "1e9"], "--size"),
+    ("segment/train.py", ["-trainingset", "t", "--height", "100"], "--height"),  # the UNet needs multiples of 16
+    ("segment/train.py", ["-trainingset", "t", "--learning_rate", "nan"], "--learning_rate"),
+    ("segment/train.py", ["-trainingset", "t", "--epochs", "0"], "--epochs"),
+    ("segment/test.py", ["-trainingset", "t", "--batch_size", "0"], "--batch_size"),
+    ("networks/network2d.py", ["--batch_size", "zero"], "--batch_size"),
+]
+
+
+@pytest.mark.parametrize("script,flags,flag", USAGE, ids=[f"{s.split('/')[1]}{' '.join(f)}" for s, f, _ in USAGE])
+def test_a_flag_out_of_range_is_a_usage_error(script, flags, flag, tmp_path, capsys):
+    store = tmp_path / "store"
+    with pytest.raises(SystemExit) as e:
+        load_script(script).main([*flags, "--store", str(store)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert flag in err and ("must be" in err or "invalid int value" in err) and "Traceback" not in err
+    assert not store.exists()
+
+
+TRAINING = [  # network2d flags TrainConfig refuses, and what the one line must say
+    (["--batch_size", "0"], "--batch_size must be a whole number >= 1 (got 0)"),
+    (["--epochs", "-1"], "--epochs must be a whole number >= 1 (got -1)"),
+    (["--height", "0"], "--height must be a whole number from 1 to 16384 (got 0)"),
+    (["--num_workers", "-1"], "--num_workers must be"),
+    (["--model_width", "0"], "--model_width must be"),
+    (["--learning_rate", "inf"], "--learning_rate must be a number > 0 (got inf)"),
+    (["--val_fraction", "1"], "--val_fraction must be a number >= 0 and < 1 (got 1.0)"),
+    (["--seed", "-1"], "--seed must be"),
+    (["--log_every", "0"], "--log_every must be"),
+    (["--height", "24", "--model_depth", "5"], "at least 2 ** --model_depth = 32"),
+]
+
+
+@pytest.mark.parametrize("flags,says", TRAINING, ids=[" ".join(f) for f, _ in TRAINING])
+def test_network2d_settings_out_of_range_are_one_line(flags, says, tmp_path, capsys):
+    store = tmp_path / "store"
+    rc = load_script("networks/network2d.py").main([*flags, "--store", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("network2d.py: error: ") and says in err and len(err.splitlines()) == 1
+    assert not store.exists()  # refused before the store was opened
+
+
+def test_trainconfig_checks_what_a_library_caller_gives():
+    from mllib.training.train import TrainConfig
+
+    assert TrainConfig(height=32, width=48, batch_size=2).batch_size == 2
+    with pytest.raises(MllibError, match=r"--batch_size must be a whole number >= 1 \(got 2.5\)"):
+        TrainConfig(batch_size=2.5)
+    with pytest.raises(MllibError, match="--prefetch"):
+        TrainConfig(prefetch=0)
+    with pytest.raises(MllibError, match="2 \\*\\* --model_depth = 16"):
+        TrainConfig(height=512, width=8)
+
+
+def test_range_values():
+    size = Range(16, 4096, step=16)
+    assert [size.problem(v) is None for v in (16, 512, 4096, 8, 100, 8192, True, 16.0, "16")] == \
+        [True, True, True, False, False, False, False, False, False]
+    rate = Range(0, lo_open=True, real=True)
+    assert [rate.problem(v) is None for v in (1e-9, 3, 0, -1, math.nan, math.inf)] == \
+        [True, True, False, False, False, False]
+    assert SEED(str(2**32 - 1)) == 2**32 - 1 and SEED.problem(2**32) is not None
+    assert size("64") == 64
