@@ -69,6 +69,18 @@ def test_invalid_keys_are_refused(any_store):
             any_store.put_bytes(bad, b"1")
 
 
+def test_a_listing_prefix_stays_in_the_store(any_store, tmp_path):
+    """A prefix that climbs out ('../', 'a/../../') is refused as a key would be; on a local store it once walked
+    the folders around the store and listed their files. "/" lists every key on both backends (S3 once listed none)."""
+    (tmp_path / "beside-the-store.txt").write_text("not an object")
+    any_store.put_bytes("a/k", b"1")
+    for bad in ["../", "..", "a/../../", "./a/", "a//b"]:
+        with pytest.raises(StoreError, match="invalid key"):
+            list(any_store.list(bad))
+    assert [i.key for i in any_store.list("")] == [i.key for i in any_store.list("/")] == ["a/k"]
+    assert [i.key for i in any_store.list("a/")] == ["a/k"] and list(any_store.list("b/")) == []
+
+
 class _FailingStream(io.RawIOBase):
     """Yields `good` bytes, then fails as a dropped connection would."""
 

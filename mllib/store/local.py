@@ -58,6 +58,8 @@ class LocalStore(Store):
             self.put_stream(key, f)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if str(prefix).strip("/"):
+            clean_key(prefix)  # as S3Store: no '..' or '.' that would walk out of the store's folder
         prefix = str(prefix).lstrip("/")
         # walk only the deepest directory the prefix names completely
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""

@@ -220,7 +220,7 @@ class S3Store(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = self._k(prefix) if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
-        if prefix.endswith("/") and not full.endswith("/"):
+        if prefix.endswith("/") and full and not full.endswith("/"):  # list("/") is every key, as on a local store
             full += "/"
         token: dict = {}
         while True:
