@@ -10,10 +10,13 @@ One sub-package per stage, in the order data flows (README "Development" draws i
   labels/     3 labels   classes.py (dictionaries), cocoindex.py (cached index), render.py, display.py
   images.py              headers, decoding with size limits, verification, uniform RGB, label PNGs
   records/    4 records  schema.py (feature names), tfrecord.py, sources.py + convert.py (cocorecord.py), read.py
-  loaders/    5 loaders  augment.py (the single warp), cocodataset.py (CocoDataset), gpu.py (BatchPrep, prefetch)
+  loaders/    5 loaders  augment.py (the single warp), cocodataset.py (CocoDataset), slots.py (SlotCollate),
+                         gpu.py (BatchPrep, prefetch)
   training/   6 training train.py (TrainConfig, fit), data.py, unet.py, metrics.py, tfseg.py (segment/)
   testing/               seaweed.py (S3 server), mirror.py (download sites), latency.py (a slow endpoint)
   cli.py                 the scripts' shared flags and one-line errors
+  checks.py              the values a setting may take (a flag's type, a library argument's check)
+  perprocess.py          one value per process (boto3 client, HTTP pool, thread pool, batch slots)
 """
 
 __version__ = "0.1.0"

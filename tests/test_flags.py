@@ -5,11 +5,13 @@ checked where TrainConfig is made, so callers of the library get the same one-li
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 
 from mllib import MllibError
-from mllib.cli import SEED, Range
+from mllib.checks import SEED, Range
 
 from .conftest import load_script
 
@@ -91,3 +93,39 @@ def test_range_values():
         [True, True, False, False, False, False]
     assert SEED(str(2**32 - 1)) == 2**32 - 1 and SEED.problem(2**32) is not None
     assert size("64") == 64
+
+
+DATASET_ARGS = [  # CocoDataset / RecordsDataset arguments out of range, and the argument the one line names
+    ({"height": 0}, "height must be a whole number from 1 to 16384 (got 0)"),
+    ({"width": 10**6}, "width must be"),
+    ({"seed": -1}, "seed must be"),
+    ({"label_dtype": "float32"}, "label_dtype must be an integer dtype"),
+]
+
+
+@pytest.mark.parametrize("kw,says", DATASET_ARGS + [
+    ({"rotate": math.nan}, "rotate must be a number from 0 to 180 (got nan)"),
+    ({"offset": -1}, "offset must be"),
+    ({"scale_max": math.inf}, "scale_max must be"),
+    ({"astype": "int7"}, "astype must be 'float32', 'float16', 'float64' or 'uint8'"),
+], ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_cocodataset_arguments_are_checked(local_store, tmp_path, kw, says):
+    from mllib.loaders.cocodataset import CocoDataset
+
+    from .cocofake import put_coco
+
+    put_coco(local_store, tmp_path)
+    with pytest.raises(MllibError, match=re.escape(says)):
+        CocoDataset.from_store(local_store, split="val2017", **kw)
+    assert CocoDataset.from_store(local_store, split="val2017", height=np.int64(40), width=48, seed=np.uint32(3))[0]
+
+
+@pytest.mark.parametrize("kw,says", DATASET_ARGS, ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_recordsdataset_arguments_are_checked(local_store, tmp_path, kw, says):
+    from mllib.records import RecordsDataset
+
+    from .test_pipeline import make_set
+
+    make_set(local_store, tmp_path)
+    with pytest.raises(MllibError, match=re.escape(says)):
+        RecordsDataset(local_store, "t", "train", **kw)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from mllib import MllibError
+from mllib.checks import SIZE, Range
 
 
 def affine(src_hw, out_hw, *, scale=1.0, angle=0.0, flip_x=False, flip_y=False, shift=(0.0, 0.0)) -> np.ndarray:
@@ -47,6 +48,10 @@ class Augment:
     resize: str = "crop"
 
     def __post_init__(self):
+        for name, allowed in (("rotate", Range(0, 180, real=True)), ("offset", Range(0, 1, real=True)),
+                              ("scale_min", Range(0, 100, lo_open=True, real=True)),
+                              ("scale_max", Range(0, 100, lo_open=True, real=True))):
+            allowed.require(name, getattr(self, name))
         if self.scale_min <= 0 or self.scale_max < self.scale_min:
             raise MllibError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
         if self.resize not in ("crop", "fit"):
@@ -88,6 +93,19 @@ def place(src: np.ndarray, out_hw, fill) -> np.ndarray:
     ch, cw = min(h - ys, oh - yd), min(w - xs, ow - xd)
     out[yd : yd + ch, xd : xd + cw] = src[ys : ys + ch, xs : xs + cw]
     return out
+
+
+def output_settings(height, width, seed, label_dtype) -> tuple[int, int, int | None, np.dtype]:
+    """A dataset's output size, seed and label dtype, checked (one MllibError line naming the argument)."""
+    try:
+        lab = np.dtype(label_dtype)
+    except TypeError:
+        lab = None
+    if lab is None or lab.kind not in "iu":
+        raise MllibError(f"label_dtype must be an integer dtype such as 'uint8' or 'int64' (got {label_dtype!r})")
+    if seed is not None:
+        seed = int(Range(0, 2**63 - 1).require("seed", seed))
+    return int(SIZE.require("height", height)), int(SIZE.require("width", width)), seed, lab
 
 
 def warp(img: np.ndarray, label: np.ndarray, m: np.ndarray | None, out_hw, ignore: int, border=0):

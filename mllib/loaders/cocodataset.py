@@ -37,7 +37,7 @@ from mllib import store as mstore
 from mllib.labels import classes
 from mllib.labels.cocoindex import CocoIndex
 from mllib.labels.render import LabelError, Renderer, presence
-from mllib.loaders.augment import Augment, channels, chw_uint8, warp
+from mllib.loaders.augment import Augment, channels, chw_uint8, output_settings, warp
 from mllib.perprocess import PerProcess
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,12 @@ def output_spec(astype, normalize):
         mean, std = normalize
         fixed = (np.asarray(mean, np.float64), np.asarray(std, np.float64))
         mode = "fixed"
-    dtype = np.dtype(astype)
+    try:
+        dtype = np.dtype(astype)
+    except TypeError:
+        dtype = None
+    if dtype is None or (dtype.kind != "f" and dtype != np.uint8):
+        raise MllibError(f"astype must be 'float32', 'float16', 'float64' or 'uint8' (got {astype!r})")
     if dtype == np.uint8 and mode != "none":
         raise MllibError("astype='uint8' needs normalize='none' (normalize on the GPU: mllib.loaders.gpu.BatchPrep)")
     return dtype, mode, fixed
@@ -180,11 +185,10 @@ class CocoDataset(torch.utils.data.Dataset):
         self.image_paths = image_paths.strip("/")
         self.name_decoration = name_decoration
         self.classes = classes.load(class_dictionary)
-        self.height, self.width = int(height), int(width)
+        self.height, self.width, seed, self.label_dtype = output_settings(height, width, seed, label_dtype)
         self.imflags = imflags
         self.augment = augment or Augment(enable_transform, flipX, flipY, rotate, scale_min, scale_max, offset, resize)
         self.astype, self.normalize, self.fixed = output_spec(astype, normalize)
-        self.label_dtype = np.dtype(label_dtype)
         self.image_transform, self.label_transform = image_transform, label_transform
         self.fetch_threads = max(1, int(fetch_threads))
         self.skip_bad = skip_bad

@@ -19,7 +19,7 @@ import json
 import numpy as np
 
 from mllib import MllibError, images, layout
-from mllib.loaders.augment import Augment, chw_uint8, warp
+from mllib.loaders.augment import Augment, chw_uint8, output_settings, warp
 from mllib.records import schema, tfrecord
 from mllib.store import NotFound, Store
 
@@ -164,10 +164,9 @@ class RecordsDataset(_torch_iterable()):
         self.shards = set_shards(store, name, set_name, self.description)
         self.keys = shard_keys(store, name, set_name, self.description)
         self.ignore = int(self.description.get("classes", {}).get("ignore", 255))
-        self.height, self.width = int(height), int(width)
+        self.height, self.width, self.seed, self.label_dtype = output_settings(height, width, seed, label_dtype)
         self.augment = augment if augment is not None else Augment()
-        self.seed, self.shuffle, self.shuffle_buffer = int(seed), shuffle, max(1, int(shuffle_buffer))
-        self.label_dtype = np.dtype(label_dtype)
+        self.shuffle, self.shuffle_buffer = shuffle, max(1, int(shuffle_buffer))
         self.rank, self.world_size = rank, world_size
         self.total = sum(int(s["records"]) for s in self.shards)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()

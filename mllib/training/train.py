@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mllib import MllibError, layout
-from mllib.cli import SEED, Range
+from mllib.checks import SEED, Range
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
@@ -82,9 +82,7 @@ class TrainConfig:
     def __post_init__(self):
         """A setting out of range is a one-line MllibError naming the flag, before anything is read or written."""
         for name, allowed in LIMITS.items():
-            why = allowed.problem(getattr(self, name))
-            if why:
-                raise MllibError(f"--{name} {why}")
+            allowed.require(f"--{name}", getattr(self, name))
         if min(self.height, self.width) < 2**self.model_depth:
             raise MllibError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
                              f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
