@@ -228,6 +228,12 @@ def test_bad_datasets_json_is_a_clear_error(local_store, capsys):
     assert "unknown field" in capsys.readouterr().err
     assert cocorecord.main(["-trainingset_name", "x", "--store", local_store.url]) == 2
     assert "getcoco.py" in capsys.readouterr().err
+    for spec, says in [("[1, 2]", "entry 0: must be a JSON object"), ("[]", "must be a JSON list of objects"),
+                       ('"coco"', "must be a JSON list of objects"),
+                       ('[{"jsonpath": 5, "imagepath": "val2017"}]', "['jsonpath'] must be strings")]:
+        assert cocorecord.main(["-trainingset_name", "x", "--store", local_store.url, "--datasets", spec]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "internal error" not in err, spec
 
 
 def test_png_helper_is_valid():

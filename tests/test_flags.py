@@ -129,3 +129,12 @@ def test_recordsdataset_arguments_are_checked(local_store, tmp_path, kw, says):
     make_set(local_store, tmp_path)
     with pytest.raises(MllibError, match=re.escape(says)):
         RecordsDataset(local_store, "t", "train", **kw)
+
+
+def test_getcoco_workdir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "downloads").write_text("a file where the downloads folder should be")
+    rc = load_script("datasets/getcoco.py").main(["--store", str(tmp_path / "store"), "--workdir",
+                                                  str(tmp_path / "downloads"), "--files", "val2017.zip"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a file, not a folder" in err and "internal error" not in err
+    assert (tmp_path / "downloads").read_text().startswith("a file")

@@ -90,6 +90,13 @@ def test_unsupported_store_urls(url):
     assert "s3://bucket" in str(e.value)
 
 
+@pytest.mark.parametrize("url", ["s3://b/../x", "s3://b/a/./c", "s3://b/a//c", "s3://b/.."])
+def test_a_store_prefix_with_dot_segments_is_refused(url):
+    with pytest.raises(mstore.StoreError, match="may not hold"):
+        mstore.connect(url, check=False)
+    assert mstore.connect("s3://b/a/c/", check=False).prefix == "a/c"
+
+
 def test_zip_member_over_the_streaming_threshold(any_store, tmp_path):
     """A member over 4 parts is streamed (multipart on S3), not read into memory; it arrives whole."""
     size = PART_SIZE * 4 + 12345

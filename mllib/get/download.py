@@ -78,6 +78,8 @@ class Job:
         self.store = store
         self.prefix = prefix.strip("/")
         self.workdir = Path(workdir)
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise DownloadError(f"--workdir {self.workdir} is a file, not a folder for the downloads")
         self.jobs = jobs
         self.keep_zips = keep_zips
         self.session = session

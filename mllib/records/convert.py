@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 
 
+OPTIONAL = ("stuffpath", "classes_file", "labelpath")  # Entry fields that may be null
+
+
 def parse_entries(spec: str | list) -> list[Entry]:
     if isinstance(spec, str):
         try:
@@ -41,11 +44,19 @@ def parse_entries(spec: str | list) -> list[Entry]:
             raise MllibError(f"--datasets is not valid JSON: {e}") from None
     if isinstance(spec, dict):
         spec = [spec]
+    if not isinstance(spec, list) or not spec:
+        raise MllibError("--datasets must be a JSON list of objects ({\"jsonpath\": ..., \"imagepath\": ...}), "
+                         f"got {json.dumps(spec)[:80]}")
     out = []
     for n, d in enumerate(spec):
+        if not isinstance(d, dict):
+            raise MllibError(f"--datasets entry {n}: must be a JSON object, got {json.dumps(d)[:80]}")
         unknown = set(d) - set(Entry.__dataclass_fields__)
         if unknown:
             raise MllibError(f"--datasets entry {n}: unknown field(s) {sorted(unknown)}")
+        wrong = sorted(k for k, v in d.items() if not (isinstance(v, str) or (v is None and k in OPTIONAL)))
+        if wrong:
+            raise MllibError(f"--datasets entry {n}: field(s) {wrong} must be strings")
         e = Entry(**d)
         if e.type not in ("coco", "cityscapes"):
             raise MllibError(f"--datasets entry {n}: type must be 'coco' or 'cityscapes', got {e.type!r}")

@@ -45,6 +45,8 @@ class S3Store(Store):
             raise StoreError(f"store URL {url!r} names no bucket: use s3://bucket[/prefix]")
         self.bucket, _, prefix = rest.partition("/")
         self.prefix = prefix.strip("/")
+        if self.prefix and any(p in ("", ".", "..") for p in self.prefix.split("/")):
+            raise StoreError(f"store URL {url!r}: the prefix after the bucket may not hold '.', '..' or '//'")
         self.url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.verify = ca_bundle if ca_bundle else verify
