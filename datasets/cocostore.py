@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import cli
+from mllib import MllibError, cli
 from mllib.labels import display
 from mllib.loaders.cocodataset import CocoDataset, CocoStore
 
@@ -29,7 +29,7 @@ __all__ = ["CocoDataset", "CocoStore", "main"]
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--dataset", default="coco", help="store folder datasets/<dataset>/")
+    p.add_argument("--dataset", type=cli.folder_name, default="coco", help="store folder datasets/<dataset>/")
     p.add_argument("--split", default="val2017", help="annotations/instances_<split>.json and images <split>/")
     p.add_argument("--class_dictionary", default="coco", help="class dictionary name or path")
     p.add_argument("-n", "--count", type=cli.Range(1), default=8, help="samples to write")
@@ -43,11 +43,13 @@ def parse_args(argv=None):
 
 
 def run(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise MllibError(f"--out {out} is a file, not a folder for the samples")
     store = cli.open_store(args)
     ds = CocoDataset.from_store(store, split=args.split, classes=args.class_dictionary, dataset=args.dataset,
                                 height=args.height, width=args.width, enable_transform=not args.no_transform,
                                 seed=args.seed)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n = min(args.count, len(ds))
     for k in range(n):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+import re
 
 from mllib import MllibError
 
@@ -59,3 +60,29 @@ class Range:
 
 SEED = Range(0, 2**32 - 1)  # what numpy, torch and TensorFlow all take as a seed (a flag's)
 SIZE = Range(1, 16384)  # an output height or width in pixels
+
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,7}}")  # nested sets (coco/small) are folders too
+
+
+def name_problem(v) -> str | None:
+    """What is wrong with a dataset, training-set or model name (a folder of the store and of runs/), or None."""
+    if isinstance(v, str) and _NAME.fullmatch(v):
+        return None
+    return (f"must be a folder name: letters, digits, '.', '_' or '-', not starting with '.' or '-', '/' between "
+            f"nested folders (got {v!r})")
+
+
+def require_name(what: str, v) -> str:
+    why = name_problem(v)
+    if why:
+        raise MllibError(f"{what} {why}")
+    return v
+
+
+def folder_name(text: str) -> str:
+    """An argparse type: a dataset, training-set or model name (see name_problem)."""
+    why = name_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return text

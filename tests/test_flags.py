@@ -34,6 +34,12 @@ USAGE = [  # (script, flags, the flag the error must name)
     ("segment/train.py", ["-trainingset", "t", "--epochs", "0"], "--epochs"),
     ("segment/test.py", ["-trainingset", "t", "--batch_size", "0"], "--batch_size"),
     ("networks/network2d.py", ["--batch_size", "zero"], "--batch_size"),
+    # names are folders of the store (and of runs/), nested ones too (coco/small): nothing may climb out of them
+    ("datasets/cocorecord.py", ["-trainingset_name", "../x"], "--trainingset_name"),
+    ("datasets/getcoco.py", ["--dataset", "a//b"], "--dataset"),
+    ("datasets/viewdataset.py", ["-trainingset_name", ".hidden"], "--trainingset_name"),
+    ("segment/train.py", ["-trainingset", "t", "--savedmodelname", ".."], "--savedmodelname"),
+    ("segment/test.py", ["-trainingset", "../t"], "--trainingset"),
 ]
 
 
@@ -59,6 +65,9 @@ TRAINING = [  # network2d flags TrainConfig refuses, and what the one line must 
     (["--seed", "-1"], "--seed must be"),
     (["--log_every", "0"], "--log_every must be"),
     (["--height", "24", "--model_depth", "5"], "at least 2 ** --model_depth = 32"),
+    (["--model_name", "../x"], "--model_name must be a folder name"),  # it wrote runs/../x/metrics.jsonl
+    (["--records", "a/./b"], "--records must be a folder name"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps (got 'tpu')"),
 ]
 
 
@@ -138,3 +147,10 @@ def test_getcoco_workdir_that_is_a_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "is a file, not a folder" in err and "internal error" not in err
     assert (tmp_path / "downloads").read_text().startswith("a file")
+
+
+def test_cocostore_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "samples").write_text("a file")
+    rc = load_script("datasets/cocostore.py").main(["--store", str(tmp_path / "store"), "--out", str(tmp_path / "samples")])
+    assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()

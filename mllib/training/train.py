@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from mllib import MllibError, layout
-from mllib.checks import SEED, Range
+from mllib.checks import SEED, Range, require_name
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
@@ -83,6 +84,11 @@ class TrainConfig:
         """A setting out of range is a one-line MllibError naming the flag, before anything is read or written."""
         for name, allowed in LIMITS.items():
             allowed.require(f"--{name}", getattr(self, name))
+        require_name("--model_name", self.model_name)  # a folder in the store and under runs/
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
+            raise MllibError(f"--device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+        if self.records is not None:
+            require_name("--records", self.records)
         if min(self.height, self.width) < 2**self.model_depth:
             raise MllibError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
                              f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
