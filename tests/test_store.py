@@ -150,6 +150,10 @@ def test_put_dir_skips_unchanged_and_get_dir(any_store, tmp_path):
         assert (dst / p.relative_to(src)).read_bytes() == p.read_bytes()
     g2 = any_store.get_dir("tree", dst, jobs=8)
     assert (g2.transferred, g2.skipped) == (0, 30)
+    (tmp_path / "a-file").write_bytes(b"kept")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        any_store.get_dir("tree", tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_bytes() == b"kept"
 
 
 def test_url_for(local_store, s3_store):

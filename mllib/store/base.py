@@ -219,6 +219,8 @@ class Store:
         prefix = prefix.strip("/")
         pre = f"{prefix}/" if prefix else ""
         root = Path(local_dir).resolve()
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"get_dir: {local_dir} is a file, not a folder to download into")
         report = TransferReport()
         lock = threading.Lock()
         infos = list(self.list(pre))
