@@ -29,9 +29,9 @@ from mllib.records import convert as trainingset
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset_name", "-trainingset_name", type=cli.folder_name, required=True,
+    p.add_argument("--trainingset_name", "-trainingset_name", type=cli.NAME, required=True,
                    help="name of the training set: trainingsets/<name>/ in the store")
-    p.add_argument("--dataset", "-dataset", type=cli.folder_name, default="coco", help="store folder of the default COCO entries")
+    p.add_argument("--dataset", "-dataset", type=cli.NAME, default="coco", help="store folder of the default COCO entries")
     p.add_argument("--datasets", "-datasets", default=None,
                    help="JSON list of {jsonpath, imagepath, name_decoration, set, stuffpath, dataset, classes_file, "
                         "type, labelpath} (default: COCO train2017 and val2017 instances, + stuff when present)")

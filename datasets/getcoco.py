@@ -51,7 +51,7 @@ def url_path(name: str) -> str:
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--dataset", "-dataset", type=cli.folder_name, default="coco", help="store folder: datasets/<dataset>/")
+    p.add_argument("--dataset", "-dataset", type=cli.NAME, default="coco", help="store folder: datasets/<dataset>/")
     p.add_argument(
         "--files",
         default=",".join(COCO_FILES),

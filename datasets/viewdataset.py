@@ -18,7 +18,7 @@ from mllib.records import read as records
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset_name", "-trainingset_name", type=cli.folder_name, required=True, help="training set name")
+    p.add_argument("--trainingset_name", "-trainingset_name", type=cli.NAME, required=True, help="training set name")
     p.add_argument("--set", default="val", help="which set")
     p.add_argument("-n", "--count", type=cli.Range(1), default=16, help="records to show")
     p.add_argument("--cols", type=cli.Range(1, 64), default=4, help="tiles per row")

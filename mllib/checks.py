@@ -1,5 +1,9 @@
 """The values a setting may take, said once and checked the same way for a script's flag (an argparse type) and a
-library caller's argument (TrainConfig, CocoDataset, RecordsDataset, Augment): one line naming the setting."""
+library caller's argument (TrainConfig, CocoDataset, RecordsDataset, Augment): one line naming the setting.
+
+    p.add_argument("--batch_size", type=Range(1))          # a usage error (exit 2) naming the flag
+    Range(1).require("batch_size", value)                 # an MllibError naming the argument
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,43 @@ import re
 from mllib import MllibError
 
 
-class Range:
-    """The values a numeric setting may take: lo <= v <= hi (an end is open where None; lo_open / hi_open exclude
-    it), whole numbers (multiples of `step`) unless real=True, never NaN or infinite. As an argparse type it parses a flag, and a value
-    outside is the script's usage error (exit 2) naming the flag; problem(v) says what is wrong with a value that
-    came another way, require(name, v) raises it as an MllibError."""
+class Check:
+    """problem(v): what is wrong with a value, or None. require(name, v): v, or an MllibError "<name> <problem>".
+    As an argparse type: the flag's text parsed (parse) and checked, a bad value the script's usage error."""
+
+    def problem(self, v) -> str | None:
+        raise NotImplementedError
+
+    def parse(self, text: str):
+        return text
+
+    def require(self, name: str, v):
+        why = self.problem(v)
+        if why:
+            raise MllibError(f"{name} {why}")
+        return v
+
+    def __call__(self, text: str):
+        try:
+            v = self.parse(text)
+        except ValueError:
+            v = text  # problem() says what was wanted
+        why = self.problem(v)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return v
+
+
+class Range(Check):
+    """lo <= v <= hi (an end is open where None; lo_open / hi_open exclude it), whole numbers (multiples of `step`)
+    unless real=True, never NaN or infinite, never a bool."""
 
     def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
                  hi_open: bool = False, real: bool = False, step: int = 1):
         self.lo, self.hi, self.lo_open, self.hi_open, self.real, self.step = lo, hi, lo_open, hi_open, real, step
+
+    def parse(self, text: str):
+        return float(text) if self.real else int(text)
 
     def _wanted(self) -> str:
         kind = "a number" if self.real else f"a multiple of {self.step}" if self.step > 1 else "a whole number"
@@ -40,49 +72,23 @@ class Range:
             ok = v < self.hi if self.hi_open else v <= self.hi
         return None if ok else f"must be {self._wanted()} (got {v!r})"
 
-    def require(self, name: str, v):
-        """v, or an MllibError "<name> must be ... (got v)"."""
-        why = self.problem(v)
-        if why:
-            raise MllibError(f"{name} {why}")
-        return v
 
-    def __call__(self, text: str):
-        try:
-            v = float(text) if self.real else int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {self._wanted()} (got {text!r})") from None
-        why = self.problem(v)
-        if why:
-            raise argparse.ArgumentTypeError(why)
-        return v
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+
+
+class FolderName(Check):
+    """A dataset, training-set or model name: a folder of the store (and of runs/), nested ones too (coco/small),
+    nothing that climbs out of it."""
+
+    _name = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,7}}")
+
+    def problem(self, v) -> str | None:
+        if isinstance(v, str) and self._name.fullmatch(v):
+            return None
+        return (f"must be a folder name: letters, digits, '.', '_' or '-', not starting with '.' or '-', '/' between "
+                f"nested folders (got {v!r})")
 
 
 SEED = Range(0, 2**32 - 1)  # what numpy, torch and TensorFlow all take as a seed (a flag's)
 SIZE = Range(1, 16384)  # an output height or width in pixels
-
-_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-_NAME = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,7}}")  # nested sets (coco/small) are folders too
-
-
-def name_problem(v) -> str | None:
-    """What is wrong with a dataset, training-set or model name (a folder of the store and of runs/), or None."""
-    if isinstance(v, str) and _NAME.fullmatch(v):
-        return None
-    return (f"must be a folder name: letters, digits, '.', '_' or '-', not starting with '.' or '-', '/' between "
-            f"nested folders (got {v!r})")
-
-
-def require_name(what: str, v) -> str:
-    why = name_problem(v)
-    if why:
-        raise MllibError(f"{what} {why}")
-    return v
-
-
-def folder_name(text: str) -> str:
-    """An argparse type: a dataset, training-set or model name (see name_problem)."""
-    why = name_problem(text)
-    if why:
-        raise argparse.ArgumentTypeError(why)
-    return text
+NAME = FolderName()

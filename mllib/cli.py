@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from mllib import MllibError
-from mllib.checks import SEED, Range, folder_name  # noqa: F401 - flag types for the scripts
+from mllib.checks import NAME, SEED, SIZE, Range  # noqa: F401 - flag types for the scripts
 
 log = logging.getLogger(__name__)
 

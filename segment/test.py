@@ -15,8 +15,8 @@ from mllib import cli, layout
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset", "-trainingset", type=cli.folder_name, required=True, help="training set name (trainingsets/<name>)")
-    p.add_argument("--model", "-model", type=cli.folder_name, default="unet", help="models/<model>/ in the store")
+    p.add_argument("--trainingset", "-trainingset", type=cli.NAME, required=True, help="training set name (trainingsets/<name>)")
+    p.add_argument("--model", "-model", type=cli.NAME, default="unet", help="models/<model>/ in the store")
     p.add_argument("--set", default="val", help="which set to evaluate")
     p.add_argument("--batch_size", type=cli.Range(1), default=8)
     p.add_argument("--max_images", type=cli.Range(0), default=0, help="evaluate at most this many images (0: all)")

@@ -16,8 +16,8 @@ from mllib import cli
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset", "-trainingset", type=cli.folder_name, required=True, help="training set name (trainingsets/<name>)")
-    p.add_argument("--savedmodelname", "-savedmodelname", type=cli.folder_name, default="unet", help="models/<name>/ in the store")
+    p.add_argument("--trainingset", "-trainingset", type=cli.NAME, required=True, help="training set name (trainingsets/<name>)")
+    p.add_argument("--savedmodelname", "-savedmodelname", type=cli.NAME, default="unet", help="models/<name>/ in the store")
     p.add_argument("--set", default="train", help="which set to train on")
     p.add_argument("--epochs", "-epochs", type=cli.Range(1), default=10)
     p.add_argument("--batch_size", "-batch_size", type=cli.Range(1), default=8)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mllib import MllibError, layout
-from mllib.checks import SEED, Range, require_name
+from mllib.checks import NAME, SEED, SIZE, Range
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
@@ -84,11 +84,11 @@ class TrainConfig:
         """A setting out of range is a one-line MllibError naming the flag, before anything is read or written."""
         for name, allowed in LIMITS.items():
             allowed.require(f"--{name}", getattr(self, name))
-        require_name("--model_name", self.model_name)  # a folder in the store and under runs/
+        NAME.require("--model_name", self.model_name)  # a folder in the store and under runs/
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
             raise MllibError(f"--device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
         if self.records is not None:
-            require_name("--records", self.records)
+            NAME.require("--records", self.records)
         if min(self.height, self.width) < 2**self.model_depth:
             raise MllibError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
                              f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
@@ -97,8 +97,8 @@ class TrainConfig:
 # the values every numeric setting may take (network2d's flags have the same names)
 LIMITS = {
     "val_fraction": Range(0, 1, hi_open=True, real=True),
-    "height": Range(1, 16384),
-    "width": Range(1, 16384),
+    "height": SIZE,
+    "width": SIZE,
     "batch_size": Range(1),
     "epochs": Range(1),
     "max_steps": Range(0),
