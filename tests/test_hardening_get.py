@@ -22,7 +22,7 @@ import requests
 from mllib import store as mstore
 from mllib.get import download
 from mllib.get.cityscapes import CityscapesError, specs
-from mllib.testing.mirror import Mirror
+from mllib.testing.mirror import Faults, Mirror
 
 from .cocofake import make_coco_zips
 from .crafted import Crafted
@@ -106,6 +106,34 @@ def test_206_without_content_range_gives_up(tmp_path):
             _fetch(srv.url, tmp_path)
     assert len(srv.requests) == 4  # bounded: 1 + 3 retries, not a tight loop
     assert "Content-Range" in str(e.value)
+
+
+# -- 3b. a server that trickles: never silent long enough for the read timeout ------------------------------------
+def _trickled(tmp_path, trickles: int, retries: int):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "f.zip").write_bytes(DATA)
+    spec = download.FileSpec("f.zip", "", len(DATA), hashlib.sha256(DATA).hexdigest(), None)
+    with Mirror(site, faults=Faults(trickle={"f.zip": trickles})) as m:
+        t0 = time.monotonic()
+        try:
+            return download.fetch(download.FileSpec("f.zip", m.url + "/f.zip", spec.size, spec.sha256, None),
+                                  tmp_path / "w", bar=False, retries=retries, backoff=0.001, timeout=10, stall_s=1.0,
+                                  min_rate=500)
+        finally:
+            assert time.monotonic() - t0 < 20  # the 20 bytes/s responses were cut after ~1 s each
+
+
+def test_a_trickling_response_is_retried_and_resumed(tmp_path, caplog):
+    path = _trickled(tmp_path, trickles=1, retries=2)
+    assert path.read_bytes() == DATA
+    assert "stalled at byte" in caplog.text and "under 500 bytes/s" in caplog.text
+
+
+def test_a_server_that_only_trickles_is_given_up(tmp_path):
+    with pytest.raises(download.DownloadError, match=r"giving up after 1 retries \(stalled at byte"):
+        _trickled(tmp_path, trickles=99, retries=1)
+    assert not (tmp_path / "w" / "f.zip").exists()
 
 
 # -- 4. resume without a known size ------------------------------------------------------------------------------

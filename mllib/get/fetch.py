@@ -129,8 +129,14 @@ def fetch(
     progress: Progress | None = None,
     bar: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    stall_s: float = 120.0,
+    min_rate: float = 1024.0,
 ) -> Path:
-    """Download spec.url to WORKDIR/spec.name, resumable and verified. Returns the verified file's path."""
+    """Download spec.url to WORKDIR/spec.name, resumable and verified. Returns the verified file's path.
+
+    timeout: seconds without a byte before a request is retried. stall_s, min_rate: a response that delivers fewer
+    than min_rate bytes/s over stall_s seconds is retried too (a server that trickles a byte at a time never reaches
+    the timeout, and would hold the job forever)."""
     import requests
 
     workdir = Path(workdir)
@@ -142,7 +148,7 @@ def fetch(
     session = session or requests.Session()
     for attempt in (1, 2):
         t = _Transfer(spec, workdir / (spec.name + ".part"), session, retries, backoff, timeout, progress, bar,
-                      on_chunk)
+                      on_chunk, stall_s, min_rate)
         hashes = t.run()
         problem = _verify(spec, t.part, hashes)
         if problem is None:
@@ -182,9 +188,11 @@ class _Transfer:
     """One download into a .part file: resume with Range, and never lose bytes already there unless the server
     proves them wrong (a full answer to a Range request is compared with them first)."""
 
-    def __init__(self, spec, part: Path, session, retries, backoff, timeout, progress, bar, on_chunk):
+    def __init__(self, spec, part: Path, session, retries, backoff, timeout, progress, bar, on_chunk,
+                 stall_s: float = 120.0, min_rate: float = 1024.0):
         self.spec, self.part, self.session = spec, part, session
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.stall_s, self.min_rate = stall_s, min_rate
         self.progress, self.bar, self.on_chunk = progress, bar, on_chunk
         self.failures = 0
         self.pbar = None
@@ -224,6 +232,7 @@ class _Transfer:
     def _attempt(self) -> bool:
         """One request; True when the file is complete."""
         import requests
+        import urllib3
 
         asked = self.have if self.ranged else 0
         headers = {"Range": f"bytes={asked}-"} if asked else {}
@@ -238,7 +247,8 @@ class _Transfer:
                 return True  # 416 on a complete part
             try:
                 self._receive(r, start, limit)
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError) as e:  # the last: read1's own (timeouts, resets, short bodies)
                 raise _Retry(f"{type(e).__name__} at byte {self.have:,d}") from None
         if self.total is not None and self.have < self.total:
             raise _Retry(f"connection closed at byte {self.have:,d}")
@@ -305,9 +315,7 @@ class _Transfer:
         try:
             f.seek(pos)
             t0 = time.perf_counter()
-            for chunk in r.iter_content(NET_CHUNK):
-                if not chunk:
-                    continue
+            for chunk in self._arriving(r):
                 if limit is not None and pos + len(chunk) > limit:
                     raise _Retry(f"body longer than announced ({limit - start:,d} bytes)")
                 if pos < self.have:  # overlap with what is here: must be the same bytes
@@ -332,6 +340,23 @@ class _Transfer:
                 self._restart_at(f, pos)
         finally:
             f.close()
+
+    def _arriving(self, r):
+        """The body as it arrives: what one receive gives, up to NET_CHUNK (urllib3's read1; iter_content would
+        wait for NET_CHUNK whole bytes). Fewer than min_rate bytes/s over a stall_s window is a _Retry."""
+        read1 = getattr(r.raw, "read1", None)
+        chunks = iter(lambda: read1(NET_CHUNK, decode_content=True), b"") if read1 else r.iter_content(NET_CHUNK)
+        t0, n = time.monotonic(), 0
+        for chunk in chunks:
+            n += len(chunk)
+            elapsed = time.monotonic() - t0
+            if elapsed >= self.stall_s:
+                if n < self.min_rate * elapsed:
+                    raise _Retry(f"stalled at byte {self.have:,d}: {n:,d} bytes in {elapsed:.0f} s (under "
+                                 f"{self.min_rate:,.0f} bytes/s)")
+                t0, n = time.monotonic(), 0
+            if chunk:
+                yield chunk
 
     def _restart_at(self, f, pos: int) -> None:
         """The part differs from the server's file from byte pos: keep what matched, drop the rest."""

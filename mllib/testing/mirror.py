@@ -34,6 +34,7 @@ class Faults:
     corrupt: dict[str, int] = field(default_factory=dict)  # name -> how many responses have a flipped byte
     ignore_range: bool = False  # always answer 200 with the whole file
     rate: int | None = None  # bytes/s per response (slow server, for kill tests)
+    trickle: dict[str, int] = field(default_factory=dict)  # name -> how many responses send a byte every 50 ms
 
     def take(self, table: dict[str, int], name: str) -> int | bool:
         with _lock:
@@ -162,6 +163,22 @@ class Mirror:
             return self._send(h, 302, b"", headers={"Location": "/", "Set-Cookie": f"csid={sid}; Path=/"})
         return self._send(h, 200, b"<p>Invalid username or password</p>", "text/html")
 
+    @staticmethod
+    def _trickle(h, path: Path, start: int, seconds: float = 30.0) -> None:
+        """The body a byte every 50 ms (20 bytes/s), never long enough without one for a read timeout; for at most
+        `seconds`, or until the client goes away."""
+        deadline = time.monotonic() + seconds
+        with open(path, "rb") as src:
+            src.seek(start)
+            while time.monotonic() < deadline and (b := src.read(1)):
+                try:
+                    h.wfile.write(b)
+                    h.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                time.sleep(0.05)
+        h.close_connection = True
+
     def _file(self, h, path: Path, name: str, head: bool):
         f = self.faults
         if f.take(f.fail_503, name):
@@ -185,6 +202,8 @@ class Mirror:
             return
         drop = f.take(f.drop_after, name)
         corrupt = f.take(f.corrupt, name)
+        if f.take(f.trickle, name):
+            return self._trickle(h, path, start)
         sent = 0
         with open(path, "rb") as src:
             src.seek(start)
