@@ -421,6 +421,11 @@ def cuda_part(store, size, batch, workers, epochs, tmp: Path, variants=("eager",
     return out
 
 
+def counts_of(text: str, every: list[int]) -> list[int]:
+    """A comma-separated list of counts from a flag: 'all' is `every`, '' none."""
+    return list(every) if text == "all" else [int(x) for x in text.split(",") if x]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(DEFAULT_SHARED))
@@ -429,18 +434,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", default=None, help="worker counts (default 1,2,... up to cores - 1)")
     ap.add_argument("--float_workers", default="", help="worker counts for the seed's float32 output too")
-    ap.add_argument("--default_collate", default="all",
-                    help="worker counts to measure with PyTorch's default collate too ('all': every --workers "
-                         "count; '': none)")
-    ap.add_argument("--unordered", default="",
-                    help="worker counts to measure with DataLoader(in_order=False) too (a worker that is ahead is "
-                         "not held back by a slower one)")
-    ap.add_argument("--ceiling", default="all",
-                    help="process counts for the ceiling (independent processes, no DataLoader; 'all': every "
-                         "--workers count up to the cores; '': none)")
-    ap.add_argument("--transport", default="all",
-                    help="worker counts for the loader alone (samples that cost nothing; 'all': every --workers "
-                         "count; '': none)")
+    for flag, default, what in (
+            ("--default_collate", "all", "worker counts to measure with PyTorch's default collate too"),
+            ("--unordered", "", "worker counts to measure with DataLoader(in_order=False) too (a worker that is "
+                                "ahead is not held back by a slower one)"),
+            ("--ceiling", "all", "process counts for the ceiling (independent processes, no DataLoader; 'all' stops "
+                                 "at the cores)"),
+            ("--transport", "all", "worker counts for the loader alone (samples that cost nothing)")):
+        ap.add_argument(flag, default=default, help=f"{what} ('all': every --workers count; '': none)")
     ap.add_argument("--seconds", type=float, default=8.0, help="measuring time per DataLoader figure")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per worker count (median reported)")
     ap.add_argument("--one_process", type=int, default=200, help="samples for the one-process rate")
@@ -459,8 +460,7 @@ def main(argv=None) -> int:
     if not require_sample(shared):
         return 2
     cores = os.cpu_count() or 1
-    counts = [int(x) for x in a.workers.split(",")] if a.workers else \
-        sorted({1, 2, *range(4, max(2, cores - 1) + 1, 4), max(1, cores - 1)})
+    counts = counts_of(a.workers or "all", sorted({1, 2, *range(4, max(2, cores - 1) + 1, 4), max(1, cores - 1)}))
     skip = set(filter(None, a.skip.split(",")))
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -478,16 +478,15 @@ def main(argv=None) -> int:
         say(f"one process: {one:.1f} samples/s uint8 ({1000 / one:.1f} ms), {one_f:.1f} float32 + int64 "
             f"({1000 / one_f:.1f} ms)")
         RESULTS["bytes_per_sample"] = bytes_per_sample(s, a.size)
-        tc = counts if a.transport == "all" else [int(x) for x in a.transport.split(",") if x]
+        tc = counts_of(a.transport, counts)
         if tc:
             RESULTS["transport"] = transport(compact(s, a.size)[0], tc, a.batch, min(a.seconds, 4.0), pin, a.repeats)
-        dc = counts if a.default_collate == "all" else [int(x) for x in a.default_collate.split(",") if x]
-        uc = [int(x) for x in a.unordered.split(",") if x]
+        dc = counts_of(a.default_collate, counts)
+        uc = counts_of(a.unordered, counts)
         if uc and not unordered_supported():
             say(f"in_order=False: skipped (PyTorch {torch.__version__}'s DataLoader has no in_order; 2.6 and newer)")
             uc = []
-        cc = [w for w in counts if 1 <= w <= cores] if a.ceiling == "all" else \
-            [int(x) for x in a.ceiling.split(",") if x]
+        cc = counts_of(a.ceiling, [w for w in counts if 1 <= w <= cores])
         sc = scaling("uint8 image + uint8 label", compact(s, a.size), one, counts, a.batch,
                      a.seconds, pin, a.repeats, dc, cc, uc)
         RESULTS["supply_uint8"] = rows = sc["SlotCollate"]
@@ -498,7 +497,7 @@ def main(argv=None) -> int:
         RESULTS["two_over_one"] = {k: sc.get(f"{k}_2_over_1") for k in ("SlotCollate", "SlotCollate_unordered",
                                                                           "default_collate", "ceiling")}
         if a.float_workers:
-            fc = [int(x) for x in a.float_workers.split(",")]
+            fc = counts_of(a.float_workers, counts)
             RESULTS["supply_float32"] = scaling("the seed's float32 image + int64 label", seedlike(s, a.size), one_f,
                                                 fc, a.batch, a.seconds, pin)["SlotCollate"]
         top = counts[-1]

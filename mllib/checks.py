@@ -90,5 +90,20 @@ class FolderName(Check):
 
 
 SEED = Range(0, 2**32 - 1)  # what numpy, torch and TensorFlow all take as a seed (a flag's)
+SEED64 = Range(0, 2**63 - 1)  # a dataset's seed, drawn into numpy's SeedSequence with (epoch, index)
 SIZE = Range(1, 16384)  # an output height or width in pixels
 NAME = FolderName()
+
+
+def dtype(name: str, value, kinds: str, wanted: str, also=()):
+    """numpy.dtype(value), or an MllibError "<name> must be <wanted>" when numpy does not know it or its kind is not
+    one of `kinds` (numpy kind letters: 'f' float, 'i' / 'u' signed / unsigned integer) and it is not in `also`."""
+    import numpy as np
+
+    try:
+        d = np.dtype(value)
+    except TypeError:
+        d = None
+    if d is None or (d.kind not in kinds and d not in also):
+        raise MllibError(f"{name} must be {wanted} (got {value!r})")
+    return d

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from mllib import MllibError
-from mllib.checks import SIZE, Range
+from mllib.checks import SEED64, SIZE, Range, dtype
 
 
 def affine(src_hw, out_hw, *, scale=1.0, angle=0.0, flip_x=False, flip_y=False, shift=(0.0, 0.0)) -> np.ndarray:
@@ -32,6 +32,12 @@ def affine(src_hw, out_hw, *, scale=1.0, angle=0.0, flip_x=False, flip_y=False, 
     rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]]) * [[scale], [scale], [1]]
     back = np.array([[1, 0, (ow - 1) / 2 + shift[0]], [0, 1, (oh - 1) / 2 + shift[1]], [0, 0, 1]], np.float64)
     return (back @ rot @ flip @ to_origin)[:2]
+
+
+# the values each augmentation parameter may take
+AUGMENT_LIMITS = {"rotate": Range(0, 180, real=True), "offset": Range(0, 1, real=True),
+                  "scale_min": Range(0, 100, lo_open=True, real=True),
+                  "scale_max": Range(0, 100, lo_open=True, real=True)}
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,9 @@ class Augment:
     resize: str = "crop"
 
     def __post_init__(self):
-        for name, allowed in (("rotate", Range(0, 180, real=True)), ("offset", Range(0, 1, real=True)),
-                              ("scale_min", Range(0, 100, lo_open=True, real=True)),
-                              ("scale_max", Range(0, 100, lo_open=True, real=True))):
+        for name, allowed in AUGMENT_LIMITS.items():
             allowed.require(name, getattr(self, name))
-        if self.scale_min <= 0 or self.scale_max < self.scale_min:
+        if self.scale_max < self.scale_min:
             raise MllibError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
         if self.resize not in ("crop", "fit"):
             raise MllibError("resize must be 'crop' (center crop/pad) or 'fit' (resize keeping aspect, then pad)")
@@ -97,14 +101,9 @@ def place(src: np.ndarray, out_hw, fill) -> np.ndarray:
 
 def output_settings(height, width, seed, label_dtype) -> tuple[int, int, int | None, np.dtype]:
     """A dataset's output size, seed and label dtype, checked (one MllibError line naming the argument)."""
-    try:
-        lab = np.dtype(label_dtype)
-    except TypeError:
-        lab = None
-    if lab is None or lab.kind not in "iu":
-        raise MllibError(f"label_dtype must be an integer dtype such as 'uint8' or 'int64' (got {label_dtype!r})")
+    lab = dtype("label_dtype", label_dtype, "iu", "an integer dtype such as 'uint8' or 'int64'")
     if seed is not None:
-        seed = int(Range(0, 2**63 - 1).require("seed", seed))
+        seed = int(SEED64.require("seed", seed))
     return int(SIZE.require("height", height)), int(SIZE.require("width", width)), seed, lab
 
 

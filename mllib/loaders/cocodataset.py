@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from mllib import MllibError, images, layout
+from mllib import MllibError, checks, images, layout
 from mllib import store as mstore
 from mllib.labels import classes
 from mllib.labels.cocoindex import CocoIndex
@@ -100,12 +100,7 @@ def output_spec(astype, normalize):
         mean, std = normalize
         fixed = (np.asarray(mean, np.float64), np.asarray(std, np.float64))
         mode = "fixed"
-    try:
-        dtype = np.dtype(astype)
-    except TypeError:
-        dtype = None
-    if dtype is None or (dtype.kind != "f" and dtype != np.uint8):
-        raise MllibError(f"astype must be 'float32', 'float16', 'float64' or 'uint8' (got {astype!r})")
+    dtype = checks.dtype("astype", astype, "f", "'float32', 'float16', 'float64' or 'uint8'", also=(np.uint8,))
     if dtype == np.uint8 and mode != "none":
         raise MllibError("astype='uint8' needs normalize='none' (normalize on the GPU: mllib.loaders.gpu.BatchPrep)")
     return dtype, mode, fixed
