@@ -9,6 +9,9 @@ checkpoints to models/<model_name>/checkpoint.pt in the store; a line per epoch 
     epoch 0: loss 0.4121, val mIoU 0.3817, 212.4 images/s, data wait 3%
 
 Several GPUs or nodes: torchrun --nproc_per_node N networks/network2d.py ... (DistributedDataParallel).
+
+Checkpoints also every --checkpoint_minutes (10) or --checkpoint_every N steps, with the data position: --resume
+continues at exactly the next batch. SIGTERM or Ctrl-C: the step is finished, a checkpoint written, exit status 75.
 """
 
 from __future__ import annotations
@@ -52,7 +55,15 @@ def parse_args(argv=None):
     p.add_argument("--model_name", "-model_name", default="unet2d", help="models/<model_name>/ in the store")
     p.add_argument("--model_width", type=int, default=16, help="channels of the first UNet level")
     p.add_argument("--model_depth", type=int, default=4, help="UNet levels")
-    p.add_argument("--resume", "-resume", action="store_true", help="continue from models/<model_name>/checkpoint.pt")
+    p.add_argument("--resume", "-resume", action="store_true",
+                   help="continue from models/<model_name>/checkpoint.pt at exactly the next batch")
+    p.add_argument("--checkpoint_every", type=int, default=0,
+                   help="also write a checkpoint every N steps (0: at epoch ends and by --checkpoint_minutes)")
+    p.add_argument("--checkpoint_minutes", type=float, default=10.0,
+                   help="also write a checkpoint when this many minutes have passed since the last one (0: never)")
+    p.add_argument("--stop_grace_s", type=float, default=60.0,
+                   help="on SIGTERM / SIGINT: finish the step, write a checkpoint and exit (status 75) within this "
+                        "many seconds, else exit 143 keeping the last whole checkpoint")
     p.add_argument("--metrics_file", default=None, help="JSON lines file (default runs/<model_name>/metrics.jsonl)")
     p.add_argument("--skip_bad", action="store_true", help="replace missing/corrupt images by other samples")
     p.add_argument("--records", default=None,
@@ -77,7 +88,11 @@ def run(args) -> int:
 
     cfg = train.TrainConfig(**{f.name: getattr(args, f.name) for f in fields(train.TrainConfig)})  # checks ranges
     store = cli.open_store(args)
-    last = train.fit(cfg, store)
+    try:
+        last = train.fit(cfg, store)
+    except train.Stopped as e:
+        print(f"network2d.py: {e}", file=sys.stderr)
+        return train.EXIT_STOPPED
     if last:  # rank 0 only
         val = last.get("val") or {}
         print(f"{args.model_name}: epoch {last['epoch']}, step {last['step']}, loss {last['train_loss']:.4f}, "

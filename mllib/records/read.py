@@ -13,6 +13,7 @@ same augmentation whatever the worker count. It yields (uint8 C x H x W image, u
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 
@@ -94,8 +95,9 @@ def tf_dataset(store: Store, name: str, set_name: str, parse_records: bool = Tru
 
 
 # -- PyTorch ---------------------------------------------------------------------------------------------------
-def _part(rank: int | None, world: int | None) -> tuple[int, int, int, int]:
-    """(part, parts, rank, world): this DataLoader worker's share of the work, over ranks and workers."""
+def _part(rank: int | None, world: int | None, rotate: list[int] | None = None) -> tuple[int, int, int, int]:
+    """(part, parts, rank, world): this DataLoader worker's share of the work, over ranks and workers. With
+    `rotate` (a resumed epoch's plan), DataLoader worker i of rank r reads part (i + rotate[r]) % workers of r."""
     import torch
 
     if rank is None:
@@ -105,6 +107,8 @@ def _part(rank: int | None, world: int | None) -> tuple[int, int, int, int]:
             rank, world = 0, 1
     info = torch.utils.data.get_worker_info()
     wid, nw = (info.id, info.num_workers) if info else (0, 1)
+    if rotate:
+        wid = (wid + int(rotate[rank])) % nw
     return rank * nw + wid, world * nw, rank, world or 1
 
 
@@ -179,14 +183,18 @@ class RecordsDataset(_torch_iterable()):
         _, _, _, world = _part(self.rank, self.world_size)
         return self.total if world == 1 else self.total // world
 
-    def _records(self, epoch: int, part: int, parts: int):
-        """(shard number, record number, serialized record) of this part, in the epoch's shard order."""
+    # -- the epoch's streams: what each part (rank x DataLoader worker) yields, in order --------------------------
+    def _records(self, epoch: int, part: int, parts: int, read: bool = True):
+        """(shard number, record number, serialized record) of this part, in the epoch's shard order; with
+        read=False the same items from the description's record counts, the record None, nothing read."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.keys)) if self.shuffle \
             else np.arange(len(self.keys))
         by_shard = len(self.keys) >= parts  # else every part reads all shards and keeps every parts-th record
         k = 0
         for s in order[part::parts] if by_shard else order:
-            for r, rec in enumerate(iter_serialized(self.store, [self.keys[s]])):
+            recs = iter_serialized(self.store, [self.keys[s]]) if read \
+                else itertools.repeat(None, int(self.shards[s]["records"]))
+            for r, rec in enumerate(recs):
                 if by_shard or k % parts == part:
                     yield int(s), r, rec
                 k += 1
@@ -206,6 +214,100 @@ class RecordsDataset(_torch_iterable()):
         rng.shuffle(buf)
         yield from buf
 
+    def record_id(self, shard: int, record: int) -> int:
+        """A record's number in the whole set (shards in description order)."""
+        if not hasattr(self, "_offsets"):
+            self._offsets = np.concatenate([[0], np.cumsum([int(s["records"]) for s in self.shards])]).tolist()
+        return self._offsets[shard] + record
+
+    def _quota(self, part: int, parts: int, rank: int, world: int, exclude) -> int:
+        """Under several ranks: the samples this part yields (each rank the same number)."""
+        nw = parts // world
+        n = (self.total - len(exclude)) // world
+        return n // nw + (1 if part - rank * nw < n % nw else 0)
+
+    def stream(self, epoch: int, part: int, parts: int, rank: int, world: int, read: bool = True,
+               exclude=frozenset()):
+        """This part's items of the epoch, in the order it yields them; records in `exclude` (ids) left out."""
+        rng = np.random.default_rng([self.seed, epoch, part, 1])
+
+        def items():
+            out = self._shuffled(self._records(epoch, part, parts, read), rng)
+            return (it for it in out if self.record_id(it[0], it[1]) not in exclude) if exclude else out
+
+        def cycled():  # a part left with nothing by `exclude` repeats its records, so the ranks stay in step
+            it = items()
+            first = next(it, None)
+            if first is None and exclude:
+                it = self._shuffled(self._records(epoch, part, parts, read), rng)
+                first = next(it, None)
+            return iter(()) if first is None else itertools.chain([first], it)
+
+        if world == 1:
+            return items()
+        # every rank the same number of samples: each worker its exact quota, cycled where short
+        return itertools.islice(_cycle(cycled), self._quota(part, parts, rank, world, exclude))
+
+    def _length(self, epoch: int, part: int, parts: int, rank: int, world: int, exclude) -> int:
+        if world > 1:
+            return sum(1 for _ in self.stream(epoch, part, parts, rank, world, False, exclude)) if exclude \
+                else self._quota(part, parts, rank, world, exclude)
+        return sum(1 for s, r, _ in self._records(epoch, part, parts, read=False)
+                   if self.record_id(s, r) not in exclude)
+
+    # -- the data position (mllib.training.position) --------------------------------------------------------------
+    def data_id(self) -> str:
+        """What identifies this set's records: a resumed run refuses a position made on other records."""
+        what = [self.name, self.set_name, self.seed, self.shuffle, self.shuffle_buffer,
+                [[s["name"], s["records"], s.get("sha256")] for s in self.shards]]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+
+    def topology(self, workers: int, batch_size: int, drop_last: bool) -> dict:
+        _, _, _, world = _part(self.rank, self.world_size)
+        return {"world": int(world), "workers": max(1, int(workers)), "batch": int(batch_size),
+                "drop_last": bool(drop_last)}
+
+    def fresh_plan(self, epoch: int, topology: dict, exclude=frozenset()) -> dict:
+        """An epoch from its start (or with the records in `exclude` already consumed)."""
+        parts = topology["world"] * topology["workers"]
+        return {"epoch": int(epoch), "topology": dict(topology), "skip": [0] * parts,
+                "rotate": [0] * topology["world"], "exclude": frozenset(exclude)}
+
+    def advance(self, plan: dict, steps: int) -> dict:
+        """The plan `steps` training steps further on: the records each part gave (skipped on resume) and the
+        part whose batch comes next on each rank."""
+        t, epoch, excl = plan["topology"], plan["epoch"], plan["exclude"]
+        nw, world, b = t["workers"], t["world"], t["batch"]
+        skip, rotate = list(plan["skip"]), list(plan["rotate"])
+        for rank in range(world):
+            parts = range(rank * nw, rank * nw + nw)
+            left = [self._length(epoch, p, world * nw, rank, world, excl) - skip[p] for p in parts]
+            batches = [n // b if t["drop_last"] else -(-n // b) for n in left]
+            taken, rotate[rank] = _turns(batches, rotate[rank], steps)
+            for p, k, n in zip(parts, taken, left, strict=True):
+                skip[p] += min(k * b, n)
+        return dict(plan, skip=skip, rotate=rotate)
+
+    def resume_plan(self, plan: dict, steps: int, topology: dict) -> dict:
+        """Where an epoch started from `plan` stands after `steps` steps, for a run of `topology`: the same plan
+        advanced when the ranks and workers are the same (exact); else the records consumed so far excluded and
+        the rest of the epoch split over the new parts."""
+        done = self.advance(plan, steps)
+        if done["topology"] == topology:
+            return done
+        t, epoch, excl = done["topology"], done["epoch"], done["exclude"]
+        parts = t["world"] * t["workers"]
+        consumed = set(excl)
+        for p in range(parts):
+            items = self.stream(epoch, p, parts, p // t["workers"], t["world"], read=False, exclude=excl)
+            consumed.update(self.record_id(s, r) for s, r, _ in itertools.islice(items, done["skip"][p]))
+        return self.fresh_plan(epoch, topology, consumed)
+
+    def set_plan(self, plan: dict | None) -> None:
+        """Where the epoch `plan["epoch"]` starts (mllib.training.position); set before the DataLoader starts its
+        workers. Other epochs start from the beginning."""
+        self._plan = plan
+
     def sample(self, epoch: int, shard: int, record: int, serialized: bytes):
         import torch
 
@@ -217,19 +319,13 @@ class RecordsDataset(_torch_iterable()):
 
     def __iter__(self):
         epoch = int(self._epoch[0])
-        part, parts, rank, world = _part(self.rank, self.world_size)
-        rng = np.random.default_rng([self.seed, epoch, part, 1])
-
-        def items():
-            return self._shuffled(self._records(epoch, part, parts), rng)
-
-        if world == 1:
-            stream = items()
-        else:  # every rank the same number of samples: each worker its exact quota, cycled where short
-            nw = parts // world
-            wid = part - rank * nw
-            stream = itertools.islice(_cycle(items), len(self) // nw + (1 if wid < len(self) % nw else 0))
-        for shard, record, rec in stream:
+        plan = getattr(self, "_plan", None)
+        plan = plan if plan is not None and plan["epoch"] == epoch else None
+        part, parts, rank, world = _part(self.rank, self.world_size, plan["rotate"] if plan else None)
+        if plan is not None and parts != len(plan["skip"]):
+            raise MllibError(f"the data plan is for {len(plan['skip'])} readers, this DataLoader has {parts}")
+        stream = self.stream(epoch, part, parts, rank, world, exclude=plan["exclude"] if plan else frozenset())
+        for shard, record, rec in itertools.islice(stream, plan["skip"][part] if plan else 0, None):
             yield self.sample(epoch, shard, record, rec)
 
 
@@ -242,3 +338,19 @@ def _cycle(make):
             yield item
         if n == 0:
             return
+
+
+def _turns(batches: list[int], start: int, steps: int) -> tuple[list[int], int]:
+    """The DataLoader's turns over its workers: worker w has batches[w] batches left and the turn starts at worker
+    `start`; after `steps` batches, (batches taken from each worker, the worker whose turn is next). A worker with
+    none left is passed over, as the DataLoader does once it has said it is done."""
+    n = len(batches)
+    taken = [0] * n
+    w = start % n if n else 0
+    left = sum(batches)
+    for _ in range(min(steps, left)):
+        while taken[w] >= batches[w]:
+            w = (w + 1) % n
+        taken[w] += 1
+        w = (w + 1) % n
+    return taken, w

@@ -2,13 +2,17 @@
 COCO JSON in the store), in the compact form: uint8 images and labels, normalized later on the device.
 
 A records set trains on its "train" set and validates on its "val" set; a COCO set on --trainingset and --valset,
-or a fixed held-out fraction of the training images when --valset is ''. Under several ranks a map-style dataset
-is split by a DistributedSampler, a records set by shards (every rank the same number of samples).
+or a fixed held-out fraction of the training images when --valset is ''. A COCO set's training order comes from an
+EpochSampler (a pure function of seed, epoch, rank and world size), a records set is split by shards over ranks and
+workers (every rank the same number of samples); either way the data position is what mllib.training.position
+saves in a checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import signal
 
 import numpy as np
 import torch
@@ -18,6 +22,7 @@ from mllib.loaders.augment import Augment
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 from mllib.loaders.slots import SlotCollate
 from mllib.store import Store
+from mllib.training.position import EpochSampler, RecordsTracker, SamplesTracker
 
 
 def _augment(enable: bool) -> Augment:
@@ -61,23 +66,50 @@ def base_dataset(ds):
     return ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
 
 
+def training_worker_init(worker_id: int) -> None:
+    """worker_init_fn of the training loaders: as CocoDataset's, and deaf to SIGINT / SIGTERM, which the training
+    process answers for the whole job (a Ctrl-C reaches every process of the terminal's group; a worker that died
+    of it would fail the step the training process is finishing before its checkpoint)."""
+    worker_init_fn(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def loaders(cfg, train_ds, val_ds, device, rank: int, world: int):
+    """(training loader, its EpochSampler or None for a records set, validation loader or None)."""
     iterable = isinstance(train_ds, torch.utils.data.IterableDataset)
-    sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) \
-        if world > 1 and not iterable else None
+    # the epoch's order a pure function of (seed, epoch, rank, world): the data position is one number
+    sampler = None if iterable else EpochSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, world)
     kw = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda", collate_fn=SlotCollate(),
-              persistent_workers=cfg.num_workers > 0, worker_init_fn=worker_init_fn)
+              persistent_workers=cfg.num_workers > 0, worker_init_fn=training_worker_init)
     if cfg.num_workers > 0:
         kw["prefetch_factor"] = cfg.prefetch
     # unordered: a worker that is ahead is not held back by a slower one; the same batches, in an order that varies
     extra = {"in_order": False} if cfg.unordered and cfg.num_workers > 1 else {}
     if extra and not unordered_supported():
         raise MllibError(f"--unordered needs PyTorch 2.6 or newer (DataLoader in_order); this is {torch.__version__}")
-    train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and not iterable,
-                                        sampler=sampler, drop_last=len(train_ds) >= cfg.batch_size, **kw, **extra)
+    train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
+                                        drop_last=iterable and records_drop_last(cfg, train_ds), **kw, **extra)
     val = None
     if val_ds is not None and len(val_ds):
         val_sampler = torch.utils.data.DistributedSampler(val_ds, world, rank, shuffle=False) \
             if world > 1 and not isinstance(val_ds, torch.utils.data.IterableDataset) else None
         val = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler, **kw)
     return train, sampler, val
+
+
+def records_drop_last(cfg, train_ds) -> bool:
+    """Each DataLoader worker of a records set drops its last partial batch (unless the set is under one batch)."""
+    return len(train_ds) >= cfg.batch_size
+
+
+def tracker(cfg, train_ds, sampler):
+    """The data position of the training loader (mllib.training.position)."""
+    if sampler is None:
+        return RecordsTracker(train_ds, cfg.num_workers, cfg.batch_size, records_drop_last(cfg, train_ds))
+    base = base_dataset(train_ds)
+    h = hashlib.sha256(np.ascontiguousarray(base.index.image_id).tobytes())
+    if isinstance(train_ds, torch.utils.data.Subset):
+        h.update(np.asarray(train_ds.indices, np.int64).tobytes())
+    h.update(base.classes.lut.tobytes())  # the same images under another class mapping are other data
+    return SamplesTracker(sampler, h.hexdigest()[:16])

@@ -9,8 +9,14 @@ labels (1 MB per 512x512 sample), batches are pinned and copied to the GPU besid
 (mllib.loaders.gpu.DevicePrefetcher), normalized there in channels_last, bf16 autocast, no host sync inside the loop (the
 loss is summed on the device and read every `log_every` steps). Cross-entropy that ignores 255, per-class IoU and
 mIoU on validation after each epoch, metrics appended to a JSON lines file (images/s, data-wait fraction, the
-GPU-only step rate of the same model and their ratio), checkpoints written atomically to models/<name>/ and
-loaded with weights_only=True, `resume` to continue.
+GPU-only step rate of the same model and their ratio).
+
+Checkpoints (model, optimizer, scaler, step, epoch and the data position) are written atomically to
+models/<name>/checkpoint.pt at each epoch's end, every `checkpoint_every` steps and every `checkpoint_minutes`,
+and loaded with weights_only=True; `resume` continues at exactly the next batch the interrupted run would have
+trained on (mllib.training.position). On SIGTERM or SIGINT the current step is finished, a checkpoint written, and
+fit() raises Stopped (network2d.py exits with EXIT_STOPPED, 75) within `stop_grace_s`; under torchrun every rank
+stops at the same step.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import logging
 import math
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +44,7 @@ from mllib.checks import NAME, SEED, SIZE, Range
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
-from mllib.training.data import base_dataset, datasets, loaders
+from mllib.training.data import base_dataset, datasets, loaders, tracker
 from mllib.training.metrics import ConfusionMatrix
 from mllib.training.unet import UNet
 
@@ -79,6 +88,9 @@ class TrainConfig:
     no_progress: bool = False
     log_every: int = 50
     step_rate_steps: int = -1  # GPU-only step rate measured over this many steps (-1: 20 on CUDA, 0 elsewhere)
+    checkpoint_every: int = 0  # also a checkpoint every N steps (0: at epoch ends and by checkpoint_minutes)
+    checkpoint_minutes: float = 10.0  # also a checkpoint when this long has passed since the last (0: never)
+    stop_grace_s: float = 60.0  # on SIGTERM/SIGINT: finish the step, checkpoint and exit within this time
 
     def __post_init__(self):
         """A setting out of range is a one-line MllibError naming the flag, before anything is read or written."""
@@ -89,6 +101,9 @@ class TrainConfig:
             raise MllibError(f"--device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
         if self.records is not None:
             NAME.require("--records", self.records)
+        if self.unordered and self.checkpoint_every:
+            raise MllibError("--unordered takes batches in the order workers finish them, so a step count does not "
+                             "say which were consumed: use --checkpoint_every 0 with it (checkpoints at epoch ends)")
         if min(self.height, self.width) < 2**self.model_depth:
             raise MllibError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
                              f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
@@ -111,7 +126,28 @@ LIMITS = {
     "seed": SEED,
     "log_every": Range(1),
     "step_rate_steps": Range(-1),
+    "checkpoint_every": Range(0),
+    "checkpoint_minutes": Range(0, real=True),
+    "stop_grace_s": Range(0, lo_open=True, real=True),
 }
+
+# what a resumed run must share with its checkpoint (the data, its order and the model); anything else may change:
+# --num_workers and the number of ranks (the position is elastic), --epochs, --max_steps, --prefetch, the
+# checkpoint and logging flags, --device, --amp
+RESUME_FIXED = ("trainingset", "train_image_path", "valset", "val_image_path", "val_fraction", "records",
+                "class_dictionary", "height", "width", "imflags", "batch_size", "seed", "skip_bad", "normalize",
+                "model_width", "model_depth")
+
+EXIT_STOPPED = 75  # network2d.py's status after a SIGTERM/SIGINT stop with its checkpoint written (EX_TEMPFAIL)
+EXIT_GRACE_EXPIRED = 143  # ... and when the stop took longer than --stop_grace_s (the last whole checkpoint stays)
+
+
+class Stopped(Exception):
+    """Training stopped on a signal after writing a checkpoint; `--resume` continues exactly."""
+
+    def __init__(self, signame: str, step: int, url: str):
+        super().__init__(f"stopped by {signame} at step {step}; checkpoint {url}; continue with --resume")
+        self.signame, self.step, self.url = signame, step, url
 
 
 @contextlib.contextmanager
@@ -258,7 +294,8 @@ def _amp(cfg: TrainConfig, device):
 
 
 def restore(model: nn.Module, optimizer, scaler, ck: dict) -> tuple[int, int, list]:
-    """Put a checkpoint's state into model, optimizer (and scaler); (epoch to run next, step, metrics so far)."""
+    """Put a checkpoint's state into model, optimizer (and scaler); (epoch to run next, step, metrics so far).
+    An epoch that was not complete is run on from the checkpoint's data position (ck["position"])."""
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     if scaler is not None and ck.get("scaler"):
@@ -266,28 +303,109 @@ def restore(model: nn.Module, optimizer, scaler, ck: dict) -> tuple[int, int, li
     return ck["epoch"] + (1 if ck.get("epoch_complete", True) else 0), ck["step"], ck.get("metrics", [])
 
 
-def _resume(run: _Run) -> tuple[int, int, list]:
-    epoch, step, history = restore(run.model, run.optimizer, run.scaler,
-                                   load_checkpoint(run.store, run.cfg.model_name, run.device))
+def check_resumable(cfg: TrainConfig, ck: dict) -> None:
+    """A checkpoint made on other data, another crop, batch size or seed cannot be continued exactly: refused."""
+    saved = ck.get("config") or {}
+    for name in RESUME_FIXED:
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise MllibError(f"--resume: the checkpoint was made with --{name} {saved[name]!r}, this run has "
+                             f"{getattr(cfg, name)!r}; use the same value, or another --model_name for a new run")
+
+
+def _resume(run: _Run) -> tuple[int, int, list, dict | None]:
+    ck = load_checkpoint(run.store, run.cfg.model_name, run.device)
+    check_resumable(run.cfg, ck)
+    epoch, step, history = restore(run.model, run.optimizer, run.scaler, ck)
+    position = ck.get("position") if not ck.get("epoch_complete", True) else None
     if run.rank == 0:
-        log.info("resumed %s at epoch %d, step %d", checkpoint_key(run.cfg.model_name), epoch, step)
-    return epoch, step, history
+        where = f", {position.get('samples', position.get('steps'))} {position['kind']} into the epoch" \
+            if position else ""
+        log.info("resumed %s at epoch %d, step %d%s", checkpoint_key(run.cfg.model_name), epoch, step, where)
+    return epoch, step, history, (position, ck.get("epoch_stats"))
 
 
-def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metrics_path: Path) -> None:
+def _state(run: _Run, epoch: int, complete: bool, step: int, history: list, position=None, stats=None) -> dict:
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch,
+            "epoch_complete": complete, "step": step, "metrics": history,
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "model_config": run.model.config, "classes": run.class_dict.to_dict(), "config": asdict(run.cfg),
+            "position": position, "epoch_stats": stats}
+
+
+def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metrics_path: Path, position=None) -> None:
     with open(metrics_path, "a") as f:
         f.write(json.dumps(history[-1]) + "\n")
-    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch,
-             "epoch_complete": complete, "step": step, "metrics": history,
-             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-             "model_config": run.model.config, "classes": run.class_dict.to_dict(), "config": asdict(run.cfg)}
-    save_checkpoint(run.store, run.cfg.model_name, state)
+    save_checkpoint(run.store, run.cfg.model_name, _state(run, epoch, complete, step, history, position))
     run.store.put_bytes(layout.model_metrics(run.cfg.model_name),
                         "".join(json.dumps(m) + "\n" for m in history).encode())
 
 
-def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float):
-    """One training epoch; returns (step, images, seconds, data-wait seconds, mean loss or None, complete)."""
+class _Control:
+    """When to checkpoint inside an epoch (--checkpoint_every, --checkpoint_minutes) and whether to stop (SIGTERM,
+    SIGINT): decided after each step, the same on every rank (one small all-reduce per step under torchrun)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.signame: str | None = None
+        self.last = time.monotonic()
+        self.group = None
+        if world > 1:  # the flags travel on a CPU (gloo) group: no device sync for them
+            self.group = torch.distributed.new_group(backend="gloo") \
+                if torch.distributed.get_backend() != "gloo" else torch.distributed.group.WORLD
+
+    @contextlib.contextmanager
+    def signals(self):
+        """SIGTERM / SIGINT handled while the block runs (in the main thread; elsewhere they are left alone)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _on_signal(self, signum, frame):
+        if self.signame is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: stop now (the last whole checkpoint stays)
+                raise KeyboardInterrupt
+            return
+        self.signame = signal.Signals(signum).name
+        log.warning("%s: finishing this step, writing a checkpoint, then stopping (within %g s)", self.signame,
+                    self.cfg.stop_grace_s)
+        timer = threading.Timer(self.cfg.stop_grace_s, self._expired)
+        timer.daemon = True
+        timer.start()
+
+    def _expired(self):
+        print(f"network2d: error: did not stop within --stop_grace_s {self.cfg.stop_grace_s:g} after "
+              f"{self.signame}; the last whole checkpoint stays", file=sys.stderr, flush=True)
+        os._exit(EXIT_GRACE_EXPIRED)
+
+    def after_step(self, step: int) -> tuple[bool, bool]:
+        """(write a checkpoint now, then stop)."""
+        cfg = self.cfg
+        every = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+        timed = (not cfg.unordered and cfg.checkpoint_minutes > 0 and self.rank == 0
+                 and time.monotonic() - self.last >= 60 * cfg.checkpoint_minutes)
+        stop = self.signame is not None
+        if self.world > 1:
+            flags = torch.tensor([int(stop), int(timed)])
+            torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX, group=self.group)
+            stop, timed = bool(flags[0]), bool(flags[1])
+            if stop and self.signame is None:
+                self.signame = "a signal to another rank"
+        return every or timed or stop, stop
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float, ctl: _Control, pos, stats: dict | None,
+           history: list):
+    """One training epoch (or what is left of it); returns (step, images, seconds, data-wait seconds, mean loss or
+    None, complete, steps taken here). `stats` carries the interrupted part of the epoch into its metrics."""
     from tqdm import tqdm
 
     cfg = run.cfg
@@ -295,10 +413,17 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float):
     feed = DevicePrefetcher(loader, run.prep)
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=run.rank != 0 or cfg.no_progress,
                dynamic_ncols=True)
+    stats = dict(stats or {"loss_sum": 0.0, "steps": 0, "seen": 0, "seconds": 0.0, "wait": 0.0})
     loss_sum = torch.zeros((), device=run.device)
     criterion = loss_fn(run.class_dict.ignore)
     seen = steps = 0
     t0 = time.perf_counter()
+
+    def so_far() -> dict:  # the epoch's figures up to this step, the interrupted part included
+        return {"loss_sum": stats["loss_sum"] + float(loss_sum), "steps": stats["steps"] + steps,
+                "seen": stats["seen"] + seen, "seconds": stats["seconds"] + time.perf_counter() - t0,
+                "wait": stats["wait"] + feed.wait}
+
     for batch in feed:
         loss_sum += train_step(run.net, batch, run.optimizer, criterion, run.device, run.amp_dtype, run.scaler)
         step += 1
@@ -311,10 +436,24 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float):
         bar.update(1)
         if step >= max_steps:
             break
+        checkpoint, stop = ctl.after_step(step)
+        if checkpoint:  # the position counts the steps taken, never what the loader holds ahead
+            position = pos.state(epoch, 0 if cfg.unordered else steps)  # unordered: the epoch is run again
+            if run.rank == 0:
+                save_checkpoint(run.store, cfg.model_name,
+                                _state(run, epoch, False, step, history, position, so_far()))
+            ctl.saved()
+            if stop:
+                bar.close()
+                if run.world > 1:
+                    torch.distributed.barrier(group=ctl.group)  # rank 0's checkpoint is whole before any rank exits
+                raise Stopped(ctl.signame, step, run.store.url_for(checkpoint_key(cfg.model_name)))
     _sync(run.device)
     bar.close()
-    loss = float(loss_sum) / steps if steps else None
-    return step, seen, time.perf_counter() - t0, feed.wait, loss, steps == len(loader) or step < max_steps
+    total = so_far()
+    loss = total["loss_sum"] / total["steps"] if total["steps"] else None
+    return (step, total["seen"], total["seconds"], total["wait"], loss,
+            steps == len(loader) or step < max_steps, steps)
 
 
 def _measure_step_rate(run: _Run, criterion) -> float | None:
@@ -352,12 +491,18 @@ def fit(cfg: TrainConfig, store: Store) -> dict | None:
             net = torch.compile(net)
         run = _Run(cfg, store, rank, world, device, class_dict, model, net, optimizer, amp_dtype, scaler,
                    BatchPrep(device, cfg.normalize))
-        epoch, step, history = _resume(run) if cfg.resume else (0, 0, [])
-        return _train(run, train_loader, sampler, val_loader, train_ds, epoch, step, history)
+        epoch, step, history, (position, stats) = _resume(run) if cfg.resume else (0, 0, [], (None, None))
+        pos = tracker(cfg, train_ds, sampler)
+        ctl = _Control(cfg, rank, world)
+        with ctl.signals():
+            return _train(run, train_loader, pos, ctl, val_loader, train_ds, epoch, step, history, position, stats)
 
 
-def _train(run: _Run, train_loader, sampler, val_loader, train_ds, epoch: int, step: int, history: list):
+def _train(run: _Run, train_loader, pos, ctl: _Control, val_loader, train_ds, epoch: int, step: int, history: list,
+           position: dict | None, stats: dict | None):
     cfg = run.cfg
+    if cfg.unordered and run.rank == 0:
+        log.info("--unordered: checkpoints at epoch ends; a stop on a signal runs its epoch again on --resume")
     metrics_path = Path(cfg.metrics_file or f"runs/{cfg.model_name}/metrics.jsonl")
     if run.rank == 0:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,12 +511,15 @@ def _train(run: _Run, train_loader, sampler, val_loader, train_ds, epoch: int, s
     gpu_rate = _measure_step_rate(run, loss_fn(run.class_dict.ignore)) \
         if epoch < cfg.epochs and step < max_steps else None
     while epoch < cfg.epochs and step < max_steps:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        resumed = position is not None and position["epoch"] == epoch
+        pos.begin(epoch, position if resumed else None)
         base_dataset(train_ds).set_epoch(epoch)
-        step, seen, elapsed, wait, loss, complete = _epoch(run, train_loader, epoch, step, max_steps)
+        step, seen, elapsed, wait, loss, complete, taken = _epoch(run, train_loader, epoch, step, max_steps, ctl,
+                                                                  pos, stats if resumed else None, history)
+        position = stats = None
         cm = evaluate(run.net, DevicePrefetcher(val_loader, run.prep), run.device, run.class_dict.classes,
                       run.class_dict.ignore, run.amp_dtype) if val_loader is not None else None
+        elapsed = max(elapsed, 1e-9)
         last = {"epoch": epoch, "step": step, "train_loss": loss, "images_per_s": round(seen / elapsed, 2),
                 "data_wait_fraction": round(wait / elapsed, 4), "seconds": round(elapsed, 2),
                 "gpu_only_images_per_s": round(gpu_rate * run.world, 2) if gpu_rate else None,
@@ -379,11 +527,13 @@ def _train(run: _Run, train_loader, sampler, val_loader, train_ds, epoch: int, s
                 "device": str(run.device), "world_size": run.world,
                 "val": cm.report(run.class_dict.names) if cm is not None else None}
         history.append(last)
-        if run.rank == 0:
-            _save(run, epoch, complete, step, history, metrics_path)
+        if run.rank == 0:  # cut short by --max_steps: the position says where the epoch goes on
+            _save(run, epoch, complete, step, history, metrics_path, None if complete else pos.state(
+                epoch, 0 if cfg.unordered else taken))
             miou = last["val"]["miou"] if last["val"] else None
             log.info("epoch %d: loss %.4f, val mIoU %s, %.1f images/s, data wait %.0f%%", epoch,
                      last["train_loss"] or float("nan"), miou, last["images_per_s"], 100 * last["data_wait_fraction"])
+        ctl.saved()
         epoch += 1
     if run.world > 1:
         torch.distributed.barrier()
