@@ -91,7 +91,8 @@ def run(args) -> int:
     try:
         last = train.fit(cfg, store)
     except train.Stopped as e:
-        print(f"network2d.py: {e}", file=sys.stderr)
+        if e.rank == 0:
+            print(f"network2d.py: {e}", file=sys.stderr)
         return train.EXIT_STOPPED
     if last:  # rank 0 only
         val = last.get("val") or {}

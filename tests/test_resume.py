@@ -247,6 +247,49 @@ def test_torchrun_kill_and_resume_exact_then_one_rank_finishes_the_epoch(local_s
     assert ck["epoch_complete"] and ck["metrics"][-1]["world_size"] == 1
 
 
+def test_torchrun_sigterm_stops_every_rank_at_the_same_step(local_store, tmp_path):
+    """SIGTERM to torchrun (which passes it to its ranks): every rank finishes the same step, rank 0 writes one
+    checkpoint for both, and each rank exits 75."""
+    put_data(local_store, tmp_path, n=40)
+    from mllib.testing.seaweed import free_port
+
+    digests = tmp_path / "t.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(TRAINER), "--digests", str(digests), "--status", str(tmp_path / "status"), "--",
+           *flags(local_store, tmp_path, "t", "--epochs", "2", workers=1)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        rank1 = Path(f"{digests}.rank1")
+        deadline = time.monotonic() + 120
+        while not (rank1.exists() and len(rank1.read_text().splitlines()) >= 3):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-4000:]
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=90)
+    finally:
+        p.kill()
+    assert err.count("stopped by SIGTERM at step") == 1, err[-4000:]  # rank 0 says it, for both
+    assert [(tmp_path / f"status.rank{r}").read_text() for r in (0, 1)] == ["75", "75"]
+    ck = train.load_checkpoint(local_store, "t", "cpu")
+    steps = [len(Path(f"{digests}.rank{r}").read_text().splitlines()) for r in (0, 1)]
+    assert steps == [ck["step"], ck["step"]] and ck["position"]["samples"] == 4 * ck["step"]
+
+
+def test_checkpoint_minutes_writes_checkpoints_inside_the_epoch(local_store, tmp_path, monkeypatch):
+    put_data(local_store, tmp_path, n=6)
+    saved = []
+    real = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda s, n, state: (saved.append(state["position"]),
+                                                                         real(s, n, state)))
+    net = load_script("networks/network2d.py")
+    args = flags(local_store, tmp_path, "m", "--epochs", "1", workers=0)
+    assert net.main([*args, "--checkpoint_minutes", "1e-9"]) == 0  # due after every step
+    assert [p and p["samples"] for p in saved] == [2, 4, 6, None]  # after steps 1, 2, 3, then the epoch's end
+    saved.clear()
+    assert net.main([*args, "--checkpoint_minutes", "0", "--model_name", "m0"]) == 0
+    assert saved == [None]  # only the epoch's end
+
+
 def test_records_resume_with_another_worker_count_gives_every_remaining_record_once(local_store, tmp_path):
     """RecordsDataset with another topology: not the same batches (each worker reads its own shards), but every
     record of the epoch that was not trained on yet, exactly once."""

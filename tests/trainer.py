@@ -6,6 +6,7 @@
                     trained on (FILE.rank<N> under torchrun)
 --kill_after_save K SIGKILL this process right after its K-th checkpoint write (a checkpoint.pt put) is whole
 --kill_in_save K    SIGKILL this process in the middle of its K-th checkpoint write (half of it written)
+--status FILE       write network2d's exit status to FILE (FILE.rank<N> under torchrun)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> int:
     p.add_argument("--digests")
     p.add_argument("--kill_after_save", type=int, default=0)
     p.add_argument("--kill_in_save", type=int, default=0)
+    p.add_argument("--status")
     args = p.parse_args(argv[:cut])
     net_argv = argv[cut + 1:]
 
@@ -35,6 +37,7 @@ def main() -> int:
     from mllib.training import train
 
     rank = os.environ.get("RANK")
+    suffix = f".rank{rank}" if rank is not None else ""
     saves = [0]
     real_save = train.save_checkpoint
 
@@ -62,7 +65,7 @@ def main() -> int:
     train.save_checkpoint = save
 
     if args.digests:
-        path = args.digests + (f".rank{rank}" if rank is not None else "")
+        path = args.digests + suffix
         real_step = train.train_step
 
         def step(model, batch, *a, **kw):
@@ -79,7 +82,10 @@ def main() -> int:
     spec = importlib.util.spec_from_file_location("network2d", ROOT / "networks" / "network2d.py")
     net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(net)
-    return net.main(net_argv)
+    status = net.main(net_argv)
+    if args.status:
+        Path(args.status + suffix).write_text(str(status))
+    return status
 
 
 if __name__ == "__main__":

@@ -145,9 +145,9 @@ EXIT_GRACE_EXPIRED = 143  # ... and when the stop took longer than --stop_grace_
 class Stopped(Exception):
     """Training stopped on a signal after writing a checkpoint; `--resume` continues exactly."""
 
-    def __init__(self, signame: str, step: int, url: str):
+    def __init__(self, signame: str, step: int, url: str, rank: int = 0):
         super().__init__(f"stopped by {signame} at step {step}; checkpoint {url}; continue with --resume")
-        self.signame, self.step, self.url = signame, step, url
+        self.signame, self.step, self.url, self.rank = signame, step, url, rank
 
 
 @contextlib.contextmanager
@@ -347,6 +347,7 @@ class _Control:
     def __init__(self, cfg: TrainConfig, rank: int, world: int):
         self.cfg, self.rank, self.world = cfg, rank, world
         self.signame: str | None = None
+        self.timer: threading.Timer | None = None
         self.last = time.monotonic()
         self.group = None
         if world > 1:  # the flags travel on a CPU (gloo) group: no device sync for them
@@ -362,9 +363,20 @@ class _Control:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
+        except Stopped:
+            raise  # the process is stopping: the grace timer still bounds its exit
+        except BaseException:
+            self._cancel()
+            raise
+        else:
+            self._cancel()  # training ended (a signal during the last validation lets it end as usual)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+    def _cancel(self):
+        if self.timer is not None:
+            self.timer.cancel()
 
     def _on_signal(self, signum, frame):
         if self.signame is not None:
@@ -374,9 +386,9 @@ class _Control:
         self.signame = signal.Signals(signum).name
         log.warning("%s: finishing this step, writing a checkpoint, then stopping (within %g s)", self.signame,
                     self.cfg.stop_grace_s)
-        timer = threading.Timer(self.cfg.stop_grace_s, self._expired)
-        timer.daemon = True
-        timer.start()
+        self.timer = threading.Timer(self.cfg.stop_grace_s, self._expired)
+        self.timer.daemon = True
+        self.timer.start()
 
     def _expired(self):
         print(f"network2d: error: did not stop within --stop_grace_s {self.cfg.stop_grace_s:g} after "
@@ -447,7 +459,7 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float, ctl: _Con
                 bar.close()
                 if run.world > 1:
                     torch.distributed.barrier(group=ctl.group)  # rank 0's checkpoint is whole before any rank exits
-                raise Stopped(ctl.signame, step, run.store.url_for(checkpoint_key(cfg.model_name)))
+                raise Stopped(ctl.signame, step, run.store.url_for(checkpoint_key(cfg.model_name)), run.rank)
     _sync(run.device)
     bar.close()
     total = so_far()
