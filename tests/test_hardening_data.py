@@ -144,13 +144,13 @@ def test_dead_worker_is_an_error_naming_the_shard_not_a_hang(tmp_path):
     deadline = time.monotonic() + 90
     while killed is None and time.monotonic() < deadline and p.poll() is None:
         kids = _children(p.pid)
-        for kid in kids:  # a pool worker: it has started writing a shard once a temp record file is open
+        for kid in kids:  # a pool worker: it has started writing a shard once the shard's temporary file is open
             try:
                 cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
             except OSError:
                 continue
             if b"multiprocessing" in cmd and b"resource_tracker" not in cmd and any(
-                    ".tfrecord.tmp" in name for name in _open_files(kid)):
+                    ".tfrecord.mllib-tmp-" in name for name in _open_files(kid)):
                 os.kill(int(kid), signal.SIGKILL)
                 killed = kid
                 break

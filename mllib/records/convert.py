@@ -3,8 +3,9 @@
     conv = Conversion(store, "coco", entries, classes="coco", shard_images=1000, jobs=2, seed=0)
     description = conv.run()
 
-Shards `trainingsets/NAME/{set}-{i:05d}-of-{n:05d}.tfrecord`, each written to a local temporary file by one of
-`jobs` processes and stored under its final name only when complete, with a small stats object beside it
+Shards `trainingsets/NAME/{set}-{i:05d}-of-{n:05d}.tfrecord`, each written by one of `jobs` processes (the next
+images read ahead, the shard uploaded while it grows) and stored under its final name only when complete, with a
+small stats object beside it
 (`.shards/<shard>.json`). Records are in a seeded shuffled order, so a re-run of an interrupted conversion
 skips the finished shards and produces exactly the records an uninterrupted run would. `description.json`
 is written last.
@@ -16,8 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from mllib import MllibError, layout
 from mllib.records import tfrecord
 from mllib.records.sources import Entry, Worker
 from mllib.store import Store
+from mllib.store.streams import StreamingPut, read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -94,34 +94,34 @@ def _init_worker(store, entries, main_classes, crowd, skip_bad):
     _worker = Worker(store, entries, main_classes, crowd, skip_bad)
 
 
+READ_AHEAD = 16  # items whose store reads are in flight ahead of the one being converted (S3 only)
+
+
 def _write_shard(task: dict) -> dict:
-    """Write one shard (local temp file -> store under its final name) and its stats object."""
+    """Write one shard and its stats object. The next items' images (and label images) are read ahead while this
+    one is converted, and the shard is uploaded part by part as it grows, stored under its final name only when
+    whole; so a store's latency overlaps the work. The records are the same, in the same order, either way."""
     w = _worker
     store = w.store
     t0 = time.perf_counter()
     pixels = np.zeros(256, np.int64)
     skipped, records = [], 0
     sha = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(suffix=".tfrecord.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for k, row in task["items"]:
-                rec, counts, skip = w.example(int(k), int(row))
-                if skip is not None:
-                    skipped.append(skip)
-                    continue
-                framed = tfrecord.frame(rec)
-                f.write(framed)
-                sha.update(framed)
-                pixels += counts
-                records += 1
-        size = os.path.getsize(tmp)
-        store.put_file(task["key"], tmp)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    stats = {"name": task["key"].rsplit("/", 1)[-1], "records": records, "bytes": size, "sha256": sha.hexdigest(),
-             "pixels": pixels.tolist(), "skipped": skipped, "config": task["config"],
+    depth = READ_AHEAD if store.local_path() is None else 0  # a local read takes microseconds
+    items = [(int(k), int(row)) for k, row in task["items"]]
+    with StreamingPut(store, task["key"]) as out:
+        for (k, row), fetched in read_ahead(lambda item: w.fetch(*item), items, depth):
+            rec, counts, skip = w.example(k, row, fetched)
+            if skip is not None:
+                skipped.append(skip)
+                continue
+            framed = tfrecord.frame(rec)
+            out.write(framed)
+            sha.update(framed)
+            pixels += counts
+            records += 1
+    stats = {"name": task["key"].rsplit("/", 1)[-1], "records": records, "bytes": out.size,
+             "sha256": sha.hexdigest(), "pixels": pixels.tolist(), "skipped": skipped, "config": task["config"],
              "items": len(task["items"]), "seconds": round(time.perf_counter() - t0, 3)}
     store.put_bytes(task["stats_key"], json.dumps(stats).encode())
     return stats

@@ -62,7 +62,11 @@ class CocoSource:
         sid = str(int(self.things.image_id[row]))
         return key, sid, f"image {sid} ({key})"
 
-    def label(self, row: int, h: int, w: int, where: str) -> np.ndarray:
+    def fetch(self, row: int) -> dict:
+        """The item's bytes from the store (None for a missing object); what example() reads, fetched ahead."""
+        return {"image": _get(self.store, self.item(row)[0])}
+
+    def label(self, row: int, h: int, w: int, where: str, fetched: dict | None = None) -> np.ndarray:
         idx = self.things
         if (h, w) != idx.size(row):
             raise labels.LabelError(f"{where}: image is {h}x{w} but the annotation file says "
@@ -85,13 +89,19 @@ class CityscapesSource:
         sid = key[len(self.e.key(self.e.imagepath)) :].strip("/").rsplit("/", 1)[-1].replace("_leftImg8bit.png", "")
         return key, sid, key
 
-    def label(self, row: int, h: int, w: int, where: str) -> np.ndarray:
+    def label_key(self, row: int) -> str:
         rel = self.keys[row][len(self.e.key(self.e.imagepath)) :]
-        lab_key = self.e.key(self.e.labelpath) + rel.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
-        try:
-            ids = images.decode(self.store.get_bytes(lab_key), flags=images.cv2.IMREAD_UNCHANGED)
-        except NotFound:
-            raise MissingLabel(f"{lab_key}: label image missing from the store") from None
+        return self.e.key(self.e.labelpath) + rel.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+
+    def fetch(self, row: int) -> dict:
+        return {"image": _get(self.store, self.keys[row]), "label": _get(self.store, self.label_key(row))}
+
+    def label(self, row: int, h: int, w: int, where: str, fetched: dict | None = None) -> np.ndarray:
+        lab_key = self.label_key(row)
+        data = fetched["label"] if fetched is not None else _get(self.store, lab_key)
+        if data is None:
+            raise MissingLabel(f"{lab_key}: label image missing from the store")
+        ids = images.decode(data, flags=images.cv2.IMREAD_UNCHANGED)
         if ids.ndim != 2 or ids.shape != (h, w):
             raise labels.LabelError(f"{lab_key}: label shape {ids.shape} differs from the image's {(h, w)}")
         return self.lut[ids]
@@ -120,18 +130,25 @@ class Worker:
     def items(self, k: int) -> int:
         return self.source(k).items()
 
-    def example(self, k: int, row: int) -> tuple[bytes | None, np.ndarray | None, dict | None]:
-        """(record, label pixel counts, None) or (None, None, {"key", "reason"}) for a skipped item."""
+    def fetch(self, k: int, row: int) -> dict:
+        """What example(k, row) reads from the store, read now (a conversion worker reads items ahead)."""
+        return self.source(k).fetch(row)
+
+    def example(self, k: int, row: int, fetched: dict | None = None
+                ) -> tuple[bytes | None, np.ndarray | None, dict | None]:
+        """(record, label pixel counts, None) or (None, None, {"key", "reason"}) for a skipped item; `fetched` is
+        fetch(k, row)'s result when it was read ahead."""
         src = self.source(k)
         img_key, source_id, where = src.item(row)
-        try:
-            img, fmt, h, w = images.uniform_rgb(self.store.get_bytes(img_key))
-        except NotFound:
+        data = fetched["image"] if fetched is not None else _get(self.store, img_key)
+        if data is None:
             return None, None, {"key": img_key, "reason": "image missing from the store"}
+        try:
+            img, fmt, h, w = images.uniform_rgb(data)
         except images.ImageError as err:
             return None, None, {"key": img_key, "reason": f"corrupt image: {err}"}
         try:
-            label = src.label(row, h, w, where)
+            label = src.label(row, h, w, where, fetched)
         except (labels.LabelError, images.ImageError) as err:
             if not self.skip_bad and not isinstance(err, MissingLabel):
                 raise
@@ -142,3 +159,11 @@ class Worker:
             classes=(counts[: self.classes.classes] > 0).astype(np.float32).tolist(),
             filename=img_key.rsplit("/", 1)[-1], source_id=source_id))
         return rec, counts, None
+
+
+def _get(store: Store, key: str) -> bytes | None:
+    """An object's bytes, or None when it is not in the store (the item is then skipped and listed)."""
+    try:
+        return store.get_bytes(key)
+    except NotFound:
+        return None

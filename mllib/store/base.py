@@ -265,23 +265,36 @@ class Cancelled(StoreError):
     """Work stopped because its cancel event was set (Ctrl-C): what had not started was cancelled."""
 
 
-def run_all(fn: Callable, items: Iterable, jobs: int, cancel: threading.Event | None = None) -> None:
+_END = object()
+
+
+def run_all(fn: Callable, items: Iterable, jobs: int, cancel: threading.Event | None = None,
+            window: int | None = None) -> None:
     """Run fn over items on a thread pool; the first failure, or `cancel` being set, cancels what has not
-    started and is raised (Cancelled for the event). What is running finishes (each write is atomic)."""
-    items = list(items)
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(items)))) as pool:
-        futures = [pool.submit(fn, it) for it in items]
+    started and is raised (Cancelled for the event). What is running finishes (each write is atomic).
+
+    At most `window` items (default 4 per thread) are submitted at a time and refilled as they finish, so an item's
+    cost does not grow with how many there are (a wait over every pending future is O(pending) per call)."""
+    jobs = max(1, int(jobs))
+    window = max(jobs, int(window or 4 * jobs))
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending: set = set()
         try:
-            pending = set(futures)
-            while pending:
+            while True:
+                while len(pending) < window:
+                    item = next(it, _END)
+                    if item is _END:
+                        break
+                    pending.add(pool.submit(fn, item))
+                if not pending:
+                    return
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for f in done:
                     f.result()
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("interrupted: pending transfers cancelled")
         except BaseException:
-            for f in futures:
+            for f in pending:
                 f.cancel()
             raise
