@@ -1,13 +1,16 @@
 """Benchmark: cocorecord's per-image work against the seed's original method and the floor, one process.
 
-    python3 bench/cocorecord.py [--shared ../shared/data] [--repeat 4]
+    python3 bench/cocorecord.py [--shared ../shared/data] [--repeat 4] [--latency_images 400] [--latency_ms 30]
 
 On the real COCO sample (../shared/data/coco-real, val2017 + train2017, repeated), with image bytes in memory:
   ours  : cocorecord's work (header check, original JPEG bytes, render label, label PNG, Example, framing)
   seed  : decode JPEG, re-encode the image as PNG (level 3), render, label PNG, Example
   floor : decode JPEG + render + label PNG encode
 prints ms/image and images/s of each, ours/seed (goal >= 5x), record bytes / (source JPEG + label PNG)
-(goal <= 1.15), then the whole conversion (datasets/cocorecord.py logic, local store) with --jobs 1 and 2.
+(goal <= 1.15), then the whole conversion (datasets/cocorecord.py logic, local store) with --jobs 1 and 2, then
+the conversion (--jobs 2) of --latency_images images from SeaweedFS on 127.0.0.1 through a proxy adding 0 ms, then
+--latency_ms ms to every request (mllib.testing.latency), in alternating rounds: the time the latency adds (goal
+<= 15%) and whether the records are the same.
 """
 
 from __future__ import annotations
@@ -95,15 +98,58 @@ def conversion_scaling(shared: Path, repeat: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def latency(shared: Path, images: int, delay_ms: float, rounds: int = 2) -> None:
+    from mllib.records import read
+    from mllib.store import S3Store
+    from mllib.testing.latency import LatencyProxy
+    from mllib.testing.seaweed import SeaweedS3
+
+    tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-rec-lat-"))
+    server = SeaweedS3(tmp / "weed").start()
+    try:
+        with server.environment():
+            server.create_bucket("coco")
+            s = mstore.connect("s3://coco")
+            n = put_repeated(s, shared, max(1, images // 50))
+            e = [Entry("annotations/instances_val2017.json", "val2017", "val")]
+            Conversion(s, "warm", e, jobs=1, bar=False, max_images=5).run()  # the index, cached in the store
+            host, port = server.endpoint.split("//")[1].split(":")
+            times: dict[float, list[float]] = {0.0: [], delay_ms: []}
+            sha = {}
+            for r in range(rounds):
+                for ms in (0.0, delay_ms):
+                    with LatencyProxy((host, int(port)), ms / 1000, max_seconds=3600) as proxy:
+                        far = S3Store("s3://coco", endpoint_url=proxy.url)
+                        name = f"lat{int(ms)}-{r}"
+                        t, _ = timed(Conversion(far, name, e, shard_images=100, jobs=2, bar=False).run)
+                        times[ms].append(t)
+                        sha[name] = [x["sha256"] for x in read.description(s, name)["sets"]["val"]["shards"]]
+                        print(f"  round {r}: +{ms:g} ms per request: {n} images in {t:.2f} s (peak {proxy.peak} "
+                              f"requests in flight)")
+            base, slow = min(times[0.0]), min(times[delay_ms])
+            same = len({tuple(v) for v in sha.values()}) == 1
+            print(f"conversion --jobs 2 through the proxy: {base:.2f} s at +0 ms, {slow:.2f} s at +{delay_ms:g} ms "
+                  f"(best of {rounds}): +{100 * (slow / base - 1):.0f}% (goal <= 15%); records identical: {same}")
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(DEFAULT_SHARED))
     ap.add_argument("--repeat", type=int, default=4)
+    ap.add_argument("--latency_images", type=int, default=400, help="0: skip the latency part")
+    ap.add_argument("--latency_ms", type=float, default=30.0)
+    ap.add_argument("--only_latency", action="store_true", help="only the latency part")
     a = ap.parse_args(argv)
     shared = Path(a.shared)
     if not require_sample(shared):
         return 2
     cv2.setNumThreads(1)
+    if a.only_latency:
+        latency(shared, a.latency_images, a.latency_ms)
+        return 0
     items = load(shared) * a.repeat
     d = classes.load("coco")
     r = labels.Renderer(d)
@@ -119,6 +165,8 @@ def main(argv=None) -> int:
     lab = sum(len(images.encode_label_png(r.render(idx, i))) for idx, i, _ in items)
     print(f"record bytes / (source JPEG + label PNG): {rec_bytes / (src + lab):.3f} (goal <= 1.15)")
     conversion_scaling(shared, a.repeat)
+    if a.latency_images:
+        latency(shared, a.latency_images, a.latency_ms)
     return 0
 
 

@@ -92,8 +92,9 @@ def loader(ds, workers: int, batch: int, pin: bool, slots: bool = True, **kw):
         kw.update(prefetch_factor=4, persistent_workers=True)
     if slots:
         kw["collate_fn"] = SlotCollate()
-    return torch.utils.data.DataLoader(ds, num_workers=workers, batch_size=batch, pin_memory=pin,
-                                       worker_init_fn=worker_init_fn, **kw)
+    if "batch_sampler" not in kw:
+        kw["batch_size"] = batch
+    return torch.utils.data.DataLoader(ds, num_workers=workers, pin_memory=pin, worker_init_fn=worker_init_fn, **kw)
 
 
 def rate(dl, workers: int, seconds: float, set_epoch=None) -> tuple[float, int]:
@@ -114,14 +115,22 @@ def rate(dl, workers: int, seconds: float, set_epoch=None) -> tuple[float, int]:
         epoch += 1
 
 
-def supply(ds, workers: int, batch: int, seconds: float, pin: bool, slots: bool = True, in_order: bool = True) -> dict:
+def supply(ds, workers: int, batch: int, seconds: float, pin: bool, slots: bool = True, in_order: bool = True,
+           ahead: bool = False) -> dict:
     """Samples/s the DataLoader delivers with no model, after each worker's first batch; CPU per sample.
     in_order=False: batches handed over as they are done, and a worker that is ahead given more work (torch's
-    `DataLoader(in_order=False)`), instead of every worker kept within prefetch_factor of the slowest."""
+    `DataLoader(in_order=False)`), instead of every worker kept within prefetch_factor of the slowest.
+    ahead=True: the same shuffled batches from mllib.loaders.ahead.ReadAheadBatches (each names the worker's next)."""
+    from mllib.loaders.ahead import ReadAheadBatches
+
     before = _cpu()
     kw = {} if in_order else {"in_order": False}
-    dl = loader(ds, workers, batch, pin, slots, shuffle=True, drop_last=True,
-                generator=torch.Generator().manual_seed(0), **kw)
+    g = torch.Generator().manual_seed(0)
+    if ahead:
+        kw["batch_sampler"] = ReadAheadBatches(torch.utils.data.RandomSampler(ds, generator=g), batch, True, workers)
+    else:
+        kw.update(shuffle=True, drop_last=True, generator=g)
+    dl = loader(ds, workers, batch, pin, slots, **kw)
     rate_, batches = rate(dl, workers, seconds)
     del dl  # workers exit; their CPU time shows in RUSAGE_CHILDREN
     after = _cpu()
@@ -331,8 +340,8 @@ def latency(shared: Path, tmp: Path, size: int, batch: int, workers: int, delay_
     server = SeaweedS3(tmp / "seaweed").start()
     try:
         with server.environment():
-            direct, delayed, serial, peak = _latency_runs(server, shared, size, batch, workers, delay_ms, seconds,
-                                                         images)
+            direct, delayed, serial, peak, seed_call = _latency_runs(server, shared, size, batch, workers, delay_ms,
+                                                                    seconds, images)
     finally:
         server.stop()
     r = {"workers": workers, "direct": direct, "delayed": delayed, "delayed_one_request_at_a_time": serial,
@@ -340,6 +349,11 @@ def latency(shared: Path, tmp: Path, size: int, batch: int, workers: int, delay_
     say(f"latency: SeaweedFS through the proxy {direct:.1f} samples/s, +{delay_ms:g} ms per request {delayed:.1f} "
         f"({r['ratio']:.2f}x; goal >= 0.8), one request at a time {serial:.1f}; {workers} workers, batch {batch}, "
         f"at most {peak} requests in flight")
+    for ahead, (near, far) in seed_call.items():
+        how = "ReadAheadBatches" if ahead else "shuffle=True (the seed's call)"
+        r[f"seed_call{'_ahead' if ahead else ''}"] = {"direct": near, "delayed": far, "ratio": round(far / near, 3)}
+        say(f"latency, float32 batch 8, {workers} workers, {how}: {near:.1f} samples/s through the proxy, "
+            f"+{delay_ms:g} ms {far:.1f} ({far / near:.2f}x; goal >= 0.85 with read-ahead)")
     return r
 
 
@@ -358,7 +372,16 @@ def _latency_runs(server, shared, size, batch, workers, delay_ms, seconds, image
         delayed = supply(compact(far, size), workers, batch, seconds, False)["samples_per_s"]
         peak = proxy.peak
         serial = supply(compact(far, size, fetch_threads=1), workers, batch, seconds, False)["samples_per_s"]
-    return direct, delayed, serial, peak
+    # the seed's call (float32, batch 8), without and with the next batch read ahead, in alternating runs
+    seed_call = {}
+    for ahead in (False, True):
+        runs = []
+        for ms in (0.0, delay_ms):
+            with LatencyProxy((host, int(port)), ms / 1000, max_seconds=600) as proxy:
+                ds = seedlike(mstore.S3Store("s3://bench", endpoint_url=proxy.url), size)
+                runs.append(supply(ds, workers, 8, seconds, False, slots=False, ahead=ahead)["samples_per_s"])
+        seed_call[ahead] = tuple(runs)
+    return direct, delayed, serial, peak, seed_call
 
 
 def records(store, n_img, size, batch, workers, seconds, pin, coco_rate) -> dict:

@@ -127,3 +127,58 @@ def test_conversion_reads_ahead_through_a_slow_endpoint_with_the_same_records(s3
     assert len(got["shards"]) == 3 and got["length"] == 10
     assert sorted(s["reason"][:7] for s in got["skipped"]) == ["corrupt", "image m"]
     assert not threads("mllib-ahead") and not threads("mllib-streaming-put")
+
+
+# -- the loader reads ahead across batches ----------------------------------------------------------------------
+def test_read_ahead_batches_are_batchsamplers_and_name_each_workers_next_batch():
+    import torch
+
+    from mllib.loaders.ahead import ReadAheadBatches
+
+    sampler = range(23)
+    plain = list(torch.utils.data.BatchSampler(sampler, 4, False))
+    for workers in (0, 1, 2, 3):
+        got = list(ReadAheadBatches(sampler, 4, num_workers=workers))
+        assert [list(b) for b in got] == plain and len(ReadAheadBatches(sampler, 4, num_workers=workers)) == 6
+        step = max(1, workers)
+        assert [b.ahead for b in got] == [plain[k + step] if k + step < len(plain) else [] for k in range(6)]
+
+
+@pytest.mark.s3
+def test_cocodataset_fetches_the_next_batch_while_computing_this_one(s3_server, s3_store, tmp_path):
+    """+50 ms per request: a batch that names the next one has both in flight at once; every sample is what it is
+    without read-ahead or latency, and a missing image read ahead is today's error or counted skip."""
+    import torch
+
+    from mllib.loaders.ahead import Batch, ReadAheadBatches
+    from mllib.loaders.cocodataset import CocoDataset, SampleError
+    from mllib.store import S3Store
+
+    d = put_coco(s3_store, tmp_path, n=12)
+
+    def ds(store, **kw):
+        return CocoDataset.from_store(store, split="val2017", height=48, width=64, seed=3, astype="uint8",
+                                      normalize="none", label_dtype="uint8", **kw)
+
+    want = [ds(s3_store)[i] for i in range(12)]
+    host, port = s3_server.endpoint.split("//")[1].split(":")
+    with LatencyProxy((host, int(port)), 0.05, max_seconds=120) as proxy:
+        far = ds(S3Store(s3_store.url, endpoint_url=proxy.url))
+        first = far.__getitems__(Batch([0, 1, 2], ahead=[3, 4, 5]))
+        assert proxy.peak >= 4, proxy.peak  # the next batch's GETs were out while this one was computed
+        second = far.__getitems__(Batch([3, 4, 5]))
+        loader = torch.utils.data.DataLoader(far, num_workers=2, batch_sampler=ReadAheadBatches(
+            range(12), 3, num_workers=2))
+        batches = [b for b in loader]
+    for k, s in enumerate(first + second):
+        assert torch.equal(s[0], want[k][0]) and torch.equal(s[1], want[k][1])
+    assert [torch.equal(b[0][j], want[3 * k + j][0]) for k, b in enumerate(batches) for j in range(3)] == [True] * 12
+    s3_store.delete(f"datasets/coco/val2017/{d['images'][4]['file_name']}")
+    strict = ds(s3_store)
+    strict.__getitems__(Batch([0, 1], ahead=[4]))
+    with pytest.raises(SampleError, match="missing"):
+        strict.__getitems__(Batch([4]))
+    lenient = ds(s3_store, skip_bad=True)
+    lenient.__getitems__(Batch([0, 1], ahead=[4, 6]))
+    got = lenient.__getitems__(Batch([4, 6]))
+    assert lenient.bad_count() == 1 and torch.equal(got[0][0], ds(s3_store, skip_bad=True)[4][0])

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mllib import MllibError
+from mllib.loaders.ahead import ReadAheadBatches, Rows
 from mllib.loaders.augment import Augment
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 from mllib.loaders.slots import SlotCollate
@@ -52,8 +53,7 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
     order = np.random.default_rng(0).permutation(n)
     n_val = max(1, int(round(n * cfg.val_fraction))) if n > 1 and cfg.val_fraction > 0 else 0
     val_ds = train.with_augment(_augment(False), seed=0)
-    return (torch.utils.data.Subset(train, order[n_val:].tolist()),
-            torch.utils.data.Subset(val_ds, order[:n_val].tolist()))
+    return Rows(train, order[n_val:].tolist()), Rows(val_ds, order[:n_val].tolist())
 
 
 def unordered_supported() -> bool:
@@ -88,8 +88,12 @@ def loaders(cfg, train_ds, val_ds, device, rank: int, world: int):
     extra = {"in_order": False} if cfg.unordered and cfg.num_workers > 1 else {}
     if extra and not unordered_supported():
         raise MllibError(f"--unordered needs PyTorch 2.6 or newer (DataLoader in_order); this is {torch.__version__}")
-    train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
-                                        drop_last=iterable and records_drop_last(cfg, train_ds), **kw, **extra)
+    if iterable:
+        train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size,
+                                            drop_last=records_drop_last(cfg, train_ds), **kw, **extra)
+    else:  # each batch names the one its worker gets next: those images are fetched while it is computed
+        train = torch.utils.data.DataLoader(train_ds, batch_sampler=ReadAheadBatches(
+            sampler, cfg.batch_size, num_workers=cfg.num_workers), **kw, **extra)
     val = None
     if val_ds is not None and len(val_ds):
         val_sampler = torch.utils.data.DistributedSampler(val_ds, world, rank, shuffle=False) \
