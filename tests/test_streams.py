@@ -50,7 +50,7 @@ def test_read_ahead_keeps_order_runs_depth_at_once_and_leaves_no_thread():
 
     got = []
     with pytest.raises(KeyError, match="three"):  # raised at its own turn, after the items before it
-        for i, v in read_ahead(failing, range(1000), 4):
+        for _i, v in read_ahead(failing, range(1000), 4):
             got.append(v)
     assert got == [0, 1, 2] and len(started) < 20  # the rest was never fetched
     for _i, _v in read_ahead(fetch, range(1000), 4):

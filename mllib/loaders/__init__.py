@@ -2,6 +2,7 @@
 
     augment.py      the single-warp augmentation shared by every loader (Augment, warp, place)
     cocodataset.py  CocoDataset / CocoStore: PyTorch Dataset over COCO in the store (mllib.cocodataset)
+    ahead.py        ReadAheadBatches: each batch names the one its worker gets next, fetched while it computes
     slots.py        SlotCollate: DataLoader batches through reused per-worker shared memory
     gpu.py          the device end: BatchPrep (uint8 -> normalized float, channels_last), DevicePrefetcher
 """

@@ -12,6 +12,7 @@ Writes are atomic on both backends, so a reader never sees a partial object unde
     base.py     the Store interface, errors, ETags, put_dir / get_dir, run_all
     local.py    LocalStore: files below a folder, atomic and fsynced (atomic.py)
     s3.py       S3Store: boto3, one error translation; fastput.py: the small-object PUT fast path
+    streams.py  read_ahead (fetches in flight ahead of their use), StreamingPut (an object uploaded as it is written)
     cli.py      python3 -m mllib.storecli: ls / put_dir / get_dir from the shell
 """
 
