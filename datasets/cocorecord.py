@@ -14,7 +14,10 @@ Combine datasets with --datasets, e.g. COCO val and Cityscapes val into one 4-cl
                  {"type": "cityscapes", "dataset": "cityscapes", "imagepath": "leftImg8bit/val",
                   "labelpath": "gtFine/val", "set": "val"}]'
 
-An interrupted run, re-run with the same command, skips the shards already written.
+An interrupted run, re-run with the same command, skips the shards already written. On a Ray cluster (one task per
+shard, the same bytes; pip install 'mllib[ray]'):
+
+    python3 datasets/cocorecord.py -trainingset_name coco --store s3://coco --engine ray --ray_address HEAD:6379
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ def parse_args(argv=None):
     p.add_argument("--classes_file", "-classes_file", default="coco",
                    help="class dictionary of the set: a name in mllib/datasets or a path")
     p.add_argument("--shard_images", "-shard_images", type=cli.Range(1), default=1000, help="images per shard")
-    p.add_argument("--jobs", type=cli.Range(1, 256), default=1, help="worker processes")
+    p.add_argument("--jobs", type=cli.Range(1, 256), default=1, help="worker processes (a local Ray's CPUs)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: --jobs processes on this machine; ray: one Ray task per shard (pip install "
+                        "'mllib[ray]'), on --ray_address or a local Ray started for the run")
+    p.add_argument("--ray_address", default=None,
+                   help="HOST:PORT of an existing Ray cluster's head (ray start --head; KubeRay) for --engine ray")
     p.add_argument("--crowd", choices=("class", "ignore"), default="class",
                    help="crowd regions get their class, or the ignore value 255")
     p.add_argument("--max_images", "-max_images", type=cli.Range(1), default=None, help="at most this many images per set")
@@ -53,13 +61,22 @@ def parse_args(argv=None):
 
 
 def run(args) -> int:
+    if args.ray_address and args.engine != "ray":
+        raise cli.MllibError("--ray_address goes with --engine ray")
+    if args.engine == "ray":
+        from mllib.records.rayengine import _ray, check_address
+
+        _ray()  # installed, and the cluster answers, before the store is opened
+        if args.ray_address:
+            check_address(args.ray_address)
     store = cli.open_store(args)
     entries = (trainingset.parse_entries(args.datasets) if args.datasets
                else trainingset.default_entries(store, args.dataset))
     conv = trainingset.Conversion(
         store, args.trainingset_name, entries, classes_file=args.classes_file, shard_images=args.shard_images,
         jobs=args.jobs, crowd=args.crowd, max_images=args.max_images, seed=args.seed, author=args.author,
-        description=args.description, skip_bad=args.skip_bad, bar=not args.no_progress)
+        description=args.description, skip_bad=args.skip_bad, bar=not args.no_progress, engine=args.engine,
+        ray_address=args.ray_address)
     desc = conv.run()
     for name, s in desc["sets"].items():
         for sk in s["skipped"]:

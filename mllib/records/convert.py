@@ -145,6 +145,8 @@ class Conversion:
     description: str = ""
     skip_bad: bool = False
     bar: bool = True
+    engine: str = "local"  # "local": --jobs processes here; "ray": Ray tasks (mllib.records.rayengine)
+    ray_address: str | None = None
     summary: dict = field(default_factory=dict)
 
     @property
@@ -217,7 +219,13 @@ class Conversion:
         total = sum(len(t["items"]) for t in todo)
         bar = tqdm(total=total, unit="img", desc=f"cocorecord {self.name}", disable=not self.bar, dynamic_ncols=True)
         try:
-            if self.jobs <= 1 or len(todo) <= 1:
+            if self.engine == "ray" and todo:
+                from mllib.records.rayengine import run_shards
+
+                for stats in run_shards(self, todo):
+                    results[f"{self.prefix}/{stats['name']}"] = stats
+                    bar.update(stats["items"])
+            elif self.jobs <= 1 or len(todo) <= 1:
                 global _worker
                 _worker = main_worker
                 for t in todo:
