@@ -256,7 +256,8 @@ def test_time_estimate_from_measured_speeds(local_store, tmp_path):
     job = download.Job([], local_store, "datasets/coco", tmp_path, jobs=4, bar=False)
     assert job.estimate(10**9, 10**9) is None  # nothing measured yet
     job.progress.downloaded, job.progress.download_seconds = 50 * 10**6, 5.0  # 10 MB/s
-    job.progress.extracted, job.progress.extract_seconds = 40 * 10**6, 8.0  # 8 s of 4 threads: 20 MB/s
-    msg = job.estimate(600 * 10**6, 2000 * 10**6)
+    # 40 MB extracted in 2 s of wall-clock time (the upload threads' summed 8 s do not count): 20 MB/s
+    job.progress.extracted, job.progress.extract_seconds, job.progress.extract_wall = 40 * 10**6, 8.0, 2.0
+    seconds, msg = job.estimate(600 * 10**6, 2000 * 10**6)
     # download 60 s, extraction 100 s: the job ends with the slower of the two
-    assert "1m40s left" in msg and "download 0.60 GB at 10.0 MB/s: 1m00s" in msg
+    assert seconds == 100 and "1m40s left" in msg and "download 0.60 GB at 10.0 MB/s: 1m00s" in msg

@@ -95,22 +95,33 @@ class Job:
         return cls(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips, session=session,
                    bar=not args.no_progress, retries=args.retries)
 
-    def estimate(self, remaining_download: int, remaining_extract: int) -> str | None:
+    def estimate(self, remaining_download: int, remaining_extract: int) -> tuple[float, str] | None:
+        """(seconds left for the whole job, the line that says so), from the rates measured so far: download
+        bytes per second of downloading, extraction bytes per wall-clock second of extracting."""
         p = self.progress
         if p.download_seconds < 1 or p.downloaded == 0:
             return None
         dl_rate = p.downloaded / p.download_seconds
         t_dl = remaining_download / dl_rate
-        if p.extracted and p.extract_seconds > 0:
-            ex_rate = p.extracted / max(p.extract_seconds / max(1, self.jobs), 1e-6)
-            t_ex = remaining_extract / ex_rate
+        elapsed = p.extract_elapsed()
+        if p.extracted and elapsed > 1:
+            t_ex = remaining_extract / (p.extracted / elapsed)
         else:
             t_ex = remaining_extract / dl_rate  # no measurement yet: assume extraction keeps up with downloading
-        return (
-            f"estimate: {human_seconds(max(t_dl, t_ex))} left for the whole job "
-            f"(download {remaining_download / 1e9:,.2f} GB at {dl_rate / 1e6:,.1f} MB/s: {human_seconds(t_dl)}; "
-            f"extraction: {human_seconds(t_ex)})"
-        )
+        left = max(t_dl, t_ex)
+        return left, (f"estimate: {human_seconds(left)} left for the whole job "
+                      f"(download {remaining_download / 1e9:,.2f} GB at {dl_rate / 1e6:,.1f} MB/s: {human_seconds(t_dl)}; "
+                      f"extraction: {human_seconds(t_ex)})")
+
+    def _log_estimate(self) -> None:
+        est = self.estimate(max(0, self._remaining[0]), max(0, self._remaining[1] - self._extracting_done()))
+        if est:
+            self._last_estimate = time.perf_counter()
+            log.info(est[1], extra={"seconds_left": est[0]})
+
+    def _extracting_done(self) -> int:
+        """Bytes of the zip now extracting that are already in the store."""
+        return max(0, self.progress.extracted - self._extracted_before)
 
     def run(self) -> JobSummary:
         t0 = time.perf_counter()
@@ -124,6 +135,7 @@ class Job:
                 todo.append(spec)
         self._sizes = {s.name: s.size or 0 for s in todo}
         self._remaining = [sum(self._sizes.values()), sum(self._sizes.values())]  # to download, to extract
+        self._extracted_before = 0  # progress.extracted when the zip now extracting started
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._errors: list[BaseException] = []
         self._cancel = threading.Event()
@@ -136,13 +148,14 @@ class Job:
                 path = fetch(spec, self.workdir, session=self.session, progress=self.progress, bar=self.bar,
                              on_chunk=self._tick, retries=self.retries, backoff=self.backoff)
                 summary.downloaded_bytes += path.stat().st_size
-                msg = self.estimate(max(0, self._remaining[0]), max(0, self._remaining[1]))
-                if msg:
-                    log.info(msg)
+                log.info("%s downloaded and verified (%.2f GB); extracting", spec.name, path.stat().st_size / 1e9)
+                self._log_estimate()
                 self._put((spec, path))  # waits while the previous zip is still being extracted
             self._put(None)
-            while th.is_alive():
+            while th.is_alive():  # the last extraction: the estimate goes on every 30 s
                 th.join(0.2)
+                if time.perf_counter() - self._last_estimate > 30:
+                    self._log_estimate()
         except BaseException:
             # Ctrl-C or a download error: pending uploads are cancelled, a multipart upload aborted, and the
             # extractor stops within seconds; objects already written are whole (atomic writes), no manifest
@@ -172,24 +185,26 @@ class Job:
             if self._errors or self._cancel.is_set():
                 return
             spec, path = item
+            self._extracted_before = self.progress.extracted
+            self.progress.extract_since = time.perf_counter()
             try:
                 r = extract_to_store(path, self.store, self.prefix, jobs=self.jobs, workdir=self.workdir,
                                      progress=self.progress, bar=self.bar, cancel=self._cancel,
                                      zip_info={"size": path.stat().st_size, "sha256": spec.sha256, "md5": spec.md5})
                 summary.objects += r.stored
                 self._remaining[1] -= self._sizes.get(spec.name, 0)
+                self._extracted_before = self.progress.extracted
                 log.info("%s: %d objects stored, %d already there, %.1f s", spec.name, r.stored, r.skipped, r.seconds)
                 if not self.keep_zips:
                     path.unlink(missing_ok=True)
             except BaseException as e:  # noqa: BLE001 - handed to the main thread
                 self._errors.append(e)
                 return
+            finally:
+                self.progress.extract_wall += time.perf_counter() - self.progress.extract_since
+                self.progress.extract_since = None
 
     def _tick(self, n: int) -> None:
         self._remaining[0] -= n
-        now = time.perf_counter()
-        if now - self._last_estimate > 30:
-            self._last_estimate = now
-            msg = self.estimate(max(0, self._remaining[0]), max(0, self._remaining[1]))
-            if msg:
-                log.info(msg)
+        if time.perf_counter() - self._last_estimate > 30:
+            self._log_estimate()

@@ -92,7 +92,14 @@ class Progress:
     downloaded: int = 0
     download_seconds: float = 0.0
     extracted: int = 0
-    extract_seconds: float = 0.0
+    extract_seconds: float = 0.0  # summed over the upload threads
+    extract_wall: float = 0.0  # wall-clock seconds of zips finished extracting
+    extract_since: float | None = None  # perf_counter() when the zip now extracting started (None: idle)
+
+    def extract_elapsed(self) -> float:
+        """Wall-clock seconds spent extracting so far (the zip in progress included)."""
+        live = time.perf_counter() - self.extract_since if self.extract_since is not None else 0.0
+        return self.extract_wall + live
 
 
 def human_seconds(s: float) -> str:

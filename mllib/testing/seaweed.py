@@ -58,7 +58,11 @@ UNSET = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_
 class SeaweedS3:
     """Start with .start(), stop with .stop(); .env() gives the AWS_* variables a client needs."""
 
-    def __init__(self, workdir: str | os.PathLike | None = None, access_key: str | None = None):
+    def __init__(self, workdir: str | os.PathLike | None = None, access_key: str | None = None,
+                 volume_size_mb: int = 64, volumes: int = 200):
+        """volume_size_mb x volumes is what the server can hold (12.8 GB by default; a bench at COCO size needs
+        more). Volumes are files that grow as they fill: nothing is allocated up front."""
+        self.volume_size_mb, self.volumes = int(volume_size_mb), int(volumes)
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="mllib-s3-"))
         self.access_key = access_key or "mllib" + secrets.token_hex(4)
@@ -109,8 +113,8 @@ class SeaweedS3:
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64",
-            "-volume.max=200",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
+            f"-volume.max={self.volumes}",
             "-volume.preStopSeconds=0",  # on SIGTERM the volume server stops at once (default: 10 s of draining)
             f"-master.port={ports['master']}",
             f"-master.port.grpc={ports['master'] + 10000}",
