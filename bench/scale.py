@@ -163,6 +163,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None, help="where the mirror, downloads and S3 data go")
     ap.add_argument("--check_labels", type=int, default=200, help="records whose labels are compared")
+    ap.add_argument("--stop_after", choices=("getcoco", "cocorecord", "records"), default=None,
+                    help="end the run after this stage")
     args = ap.parse_args()
     if not require_sample(args.shared):
         return 1
@@ -232,6 +234,8 @@ def main() -> int:
                 report("cocorecord", secs, peak, n_all, f"records {lengths} (want train {args.images:,}, val "
                        f"{args.val:,}), {sum(len(v['skipped']) for v in desc['sets'].values())} skipped")
                 print(f"            {text.strip().splitlines()[-1]}")
+                if args.stop_after == "cocorecord":
+                    return 0
 
                 secs, peak, text = stage([sys.executable, "-c", LOADER, "records", url], env)
                 report("records", secs, peak, args.images, text.strip().splitlines()[-1] + " (one epoch, want "

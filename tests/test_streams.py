@@ -182,3 +182,27 @@ def test_cocodataset_fetches_the_next_batch_while_computing_this_one(s3_server, 
     lenient.__getitems__(Batch([0, 1], ahead=[4, 6]))
     got = lenient.__getitems__(Batch([4, 6]))
     assert lenient.bad_count() == 1 and torch.equal(got[0][0], ds(s3_store, skip_bad=True)[4][0])
+
+
+def test_read_ahead_threads_load_each_annotation_index_once(local_store, tmp_path, monkeypatch):
+    """The conversion's read-ahead threads ask the Worker for its sources at once: each index is loaded once (at
+    COCO size 16 concurrent loads of a 1.5 GB index ran a worker out of memory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mllib.labels.cocoindex import CocoIndex
+    from mllib.records.sources import Entry, Worker
+
+    put_coco(local_store, tmp_path, "val2017", 4, seed=1, hw=(48, 64))
+    loads = []
+    real = CocoIndex.load.__func__
+
+    def slow_load(cls, *a, **kw):
+        loads.append(a[1])
+        time.sleep(0.2)  # long enough for every thread to ask before the first load is done
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(CocoIndex, "load", classmethod(slow_load))
+    w = Worker(local_store, [Entry("annotations/instances_val2017.json", "val2017", "val")], "coco", "class", False)
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda i: w.fetch(0, i % 4)["image"], range(16)))
+    assert loads == ["datasets/coco/annotations/instances_val2017.json"] and all(got)

@@ -176,9 +176,11 @@ class Job:
             try:
                 self._queue.put(item, timeout=0.2)
                 return
-            except queue.Full:
+            except queue.Full:  # the previous zip is still extracting: the estimate goes on every 30 s
                 if self._errors:
                     return
+                if time.perf_counter() - self._last_estimate > 30:
+                    self._log_estimate()
 
     def _extractor(self, summary: JobSummary) -> None:
         while (item := self._queue.get()) is not None:

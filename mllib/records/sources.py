@@ -11,6 +11,7 @@ skip_bad (else it raises, naming image and annotation).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +115,7 @@ class Worker:
         self.store, self.entries, self.crowd, self.skip_bad = store, entries, crowd, skip_bad
         self.classes = classes.load(main_classes)
         self._sources: dict[int, CocoSource | CityscapesSource] = {}
+        self._lock = threading.Lock()  # the read-ahead threads ask for sources too: each is loaded once
 
     def entry_classes(self, k: int) -> classes.ClassDictionary:
         e = self.entries[k]
@@ -121,11 +123,15 @@ class Worker:
         return classes.load(name) if name else self.classes
 
     def source(self, k: int) -> CocoSource | CityscapesSource:
-        if k not in self._sources:
-            e = self.entries[k]
-            self._sources[k] = CityscapesSource(self.store, e, self.entry_classes(k)) if e.type == "cityscapes" \
-                else CocoSource(self.store, e, self.entry_classes(k), self.crowd)
-        return self._sources[k]
+        src = self._sources.get(k)
+        if src is None:
+            with self._lock:
+                if k not in self._sources:
+                    e = self.entries[k]
+                    self._sources[k] = CityscapesSource(self.store, e, self.entry_classes(k)) \
+                        if e.type == "cityscapes" else CocoSource(self.store, e, self.entry_classes(k), self.crowd)
+                src = self._sources[k]
+        return src
 
     def items(self, k: int) -> int:
         return self.source(k).items()
