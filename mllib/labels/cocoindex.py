@@ -13,10 +13,11 @@ copy-on-read growth), and is written once to `<json key>.mllib-index.npz` so lat
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
+import re
 import time
+from array import array
 
 import numpy as np
 
@@ -55,26 +56,31 @@ class CocoIndex:
     def from_json(cls, data: bytes | str | dict, source: str = "") -> CocoIndex:
         """Index a COCO annotation file. A malformed image entry or a duplicate image id is an AnnotationError
         naming the file and image; a malformed annotation is kept as a bad one (KIND_BAD, with the reason), so
-        rendering its image raises a LabelError naming image and annotation (a counted skip with skip_bad)."""
+        rendering its image raises a LabelError naming image and annotation (a counted skip with skip_bad).
+
+        Text (bytes or str) is read one annotation at a time, so the index is built without the whole file's
+        Python objects (at train2017 size those are several GB; the text and the arrays are a fraction)."""
+        return cls._build([data], source)
+
+    @classmethod
+    def _build(cls, box: list, source: str) -> CocoIndex:
+        """from_json of box's one item, which is taken out of box so the text can be freed once it is read."""
         t0 = time.perf_counter()
-        d = json.loads(data) if isinstance(data, bytes | str) else data
-        if not isinstance(d, dict) or not isinstance(d.get("images"), list):
-            raise AnnotationError(f"{source}: not a COCO annotation file (no 'images' list)")
-        anns = d.get("annotations") or []
-        if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
-            raise AnnotationError(f"{source}: 'annotations' is not a list of objects")
-        arrays = _image_arrays(d["images"], source)
-        order, counts = _group(anns, arrays["image_id"], source)
-        ann_start = np.zeros(len(counts), np.int64)
-        ann_start[1:] = np.cumsum(counts[:-1])
-        arrays.update(ann_start=ann_start, ann_count=counts)
-        ann_rows = np.repeat(np.arange(len(counts)), counts)  # the image row of each annotation, in index order
-        bad: dict[str, str] = {}
-        arrays.update(_annotation_arrays([anns[int(k)] for k in order], ann_rows, arrays, bad))
-        meta = {"categories": d.get("categories", []), "version": INDEX_VERSION, "source": source, "bad": bad}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
+        data = box.pop()
+        if isinstance(data, dict):
+            arrays = _index_document(data, source)
+        else:
+            if isinstance(data, bytes | bytearray):  # the encodings json.loads accepts, decoded as it does
+                data = data.decode(json.detect_encoding(data), "surrogatepass")
+            read = _read_text(data, source)
+            if read is None:  # not a plain COCO layout (or not valid JSON): the whole document, as json.loads
+                arrays = _index_document(json.loads(data), source)
+            else:
+                del data  # the text is read: free it before the arrays are grouped
+                arrays = read[0].finish(read[1], source)
+        meta = json.loads(bytes(arrays["meta"]).decode())
         log.info("indexed %s: %d images, %d annotations (%d malformed) in %.1f s", source or "annotations",
-                 len(arrays["image_id"]), len(anns), len(bad), time.perf_counter() - t0)
+                 len(arrays["image_id"]), len(arrays["ann_id"]), len(meta["bad"]), time.perf_counter() - t0)
         return cls(arrays, source)
 
     def to_bytes(self) -> bytes:
@@ -108,7 +114,7 @@ class CocoIndex:
                 log.info("cached index of %s is stale; rebuilding", key)
             except (OSError, ValueError, KeyError) as e:
                 log.warning("cached index of %s unreadable (%s); rebuilding", key, e)
-        idx = cls.from_json(store.get_bytes(key), key)
+        idx = cls._build([store.get_bytes(key)], key)  # the JSON's bytes are freed as soon as decoded
         meta = json.loads(bytes(idx.meta).decode())
         meta["json_size"], meta["json_version"] = json_size, json_version
         idx.meta = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
@@ -179,21 +185,6 @@ def _image_arrays(images: list, source: str) -> dict[str, np.ndarray]:
                 names=np.frombuffer(b"".join(names_b), dtype=np.uint8).copy())
 
 
-def _group(anns: list, image_id: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(annotation order grouped by image, file order within an image; annotations per image)."""
-    row_of = {int(i): r for r, i in enumerate(image_id)}
-    img_rows = np.empty(len(anns), dtype=np.int64)
-    for j, a in enumerate(anns):
-        iid = a.get("image_id")
-        img_rows[j] = row_of.get(iid, -1) if isinstance(iid, int) and not isinstance(iid, bool) else -1
-    missing = np.flatnonzero(img_rows < 0)
-    if missing.size:
-        a = anns[int(missing[0])]
-        raise AnnotationError(f"{source}: annotation {a.get('id')!r} refers to image {a.get('image_id')!r}, "
-                              "not in 'images'")
-    return np.argsort(img_rows, kind="stable"), np.bincount(img_rows, minlength=len(image_id)).astype(np.int64)
-
-
 def _number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -230,85 +221,258 @@ def _annotation_problem(a: dict, h: int, w: int) -> str | None:
     return "no usable 'segmentation' (polygons or RLE)"
 
 
-def _annotation_arrays(anns: list, ann_rows: np.ndarray, im: dict, bad: dict[str, str]) -> dict[str, np.ndarray]:
-    from pycocotools import mask as maskutil
+def _index_document(d, source: str) -> dict[str, np.ndarray]:
+    """The index arrays of a parsed COCO document."""
+    if not isinstance(d, dict) or not isinstance(d.get("images"), list):
+        raise AnnotationError(f"{source}: not a COCO annotation file (no 'images' list)")
+    anns = d.get("annotations") or []
+    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+        raise AnnotationError(f"{source}: 'annotations' is not a list of objects")
+    rows = _Annotations(_image_arrays(d["images"], source))
+    for a in anns:
+        if not rows.add(a):
+            raise AnnotationError(f"{source}: annotation {a.get('id')!r} refers to image {a.get('image_id')!r}, "
+                                  "not in 'images'")
+    return rows.finish(d.get("categories", []), source)
 
-    m = len(anns)
-    out = dict(ann_id=np.empty(m, np.int64), category=np.empty(m, np.int32), iscrowd=np.zeros(m, np.uint8),
-               area=np.zeros(m, np.float64), kind=np.empty(m, np.uint8), seg_start=np.zeros(m, np.int64),
-               seg_count=np.zeros(m, np.int32))
-    poly_len: list[int] = []
-    poly_ann: list[int] = []
-    coords: list[list] = []
-    rle_h: list[int] = []
-    rle_w: list[int] = []
-    rle_chunks: list[bytes] = []
-    for j, a in enumerate(anns):
-        r = int(ann_rows[j])
-        h, w = int(im["height"][r]), int(im["width"][r])
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _read_text(text: str, source: str) -> tuple[_Annotations, list] | None:
+    """The annotations and categories of COCO JSON text, decoding one annotation at a time; None where the text is not an object
+    with a valid 'images' list before its 'annotations' list of objects that all name an image (or is not valid
+    JSON): the caller then parses the whole document, which gives the same arrays or the error json.loads or
+    _index_document raises. Never builds the whole file's Python objects on the common layout."""
+    decode = json.JSONDecoder().raw_decode
+    ws = _WS.match
+    seen: set[str] = set()
+    categories: list = []
+    rows = None
+    try:
+        pos = ws(text, 0).end()
+        if text[pos] != "{":
+            return None
+        pos = ws(text, pos + 1).end()
+        while True:
+            if text[pos] != '"':
+                return None
+            key, pos = decode(text, pos)
+            pos = ws(text, pos).end()
+            if text[pos] != ":" or key in seen:
+                return None
+            seen.add(key)
+            pos = ws(text, pos + 1).end()
+            if key == "annotations" and rows is not None and text[pos] == "[":
+                pos = ws(text, pos + 1).end()
+                if text[pos] == "]":
+                    pos += 1
+                else:
+                    while True:
+                        a, pos = decode(text, pos)
+                        if not isinstance(a, dict) or not rows.add(a):
+                            return None
+                        pos = ws(text, pos).end()
+                        if text[pos] == "]":
+                            pos += 1
+                            break
+                        if text[pos] != ",":
+                            return None
+                        pos = ws(text, pos + 1).end()
+            else:
+                value, pos = decode(text, pos)
+                if key == "images":
+                    if not isinstance(value, list):
+                        return None
+                    try:
+                        rows = _Annotations(_image_arrays(value, source))
+                    except AnnotationError:
+                        return None
+                    del value
+                elif key == "annotations":  # before 'images', or not a list
+                    return None
+                elif key == "categories":
+                    categories = value
+            pos = ws(text, pos).end()
+            if text[pos] == "}":
+                pos += 1
+                break
+            if text[pos] != ",":
+                return None
+            pos = ws(text, pos + 1).end()
+        if ws(text, pos).end() != len(text) or rows is None:
+            return None
+    except (IndexError, json.JSONDecodeError):
+        return None
+    return rows, categories
+
+
+class _Annotations:
+    """The annotations of one file, added in file order as compact typed arrays, then grouped by image."""
+
+    def __init__(self, im: dict[str, np.ndarray]):
+        self.im = im
+        self.row_of = {int(i): r for r, i in enumerate(im["image_id"])}
+        self.h, self.w = im["height"].tolist(), im["width"].tolist()
+        self.img_row, self.ann_id, self.seg_first = array("q"), array("q"), array("q")
+        self.category, self.seg_count, self.poly_len = array("i"), array("i"), array("i")
+        self.iscrowd, self.kind = array("B"), array("B")
+        self.area, self.coords = array("d"), array("d")
+        self.rle_h, self.rle_w = array("i"), array("i")
+        self.rle_chunks: list[bytes] = []
+        self.problems: list[tuple[int, str]] = []  # (annotation in file order, why it cannot be rendered)
+
+    def add(self, a: dict) -> bool:
+        """Add one annotation (a dict); False, adding nothing, where its image_id is not one of the images."""
+        iid = a.get("image_id")
+        r = self.row_of.get(iid, -1) if isinstance(iid, int) and not isinstance(iid, bool) else -1
+        if r < 0:
+            return False
+        j = len(self.img_row)
+        self.img_row.append(r)
+        h, w = self.h[r], self.w[r]
         aid = a.get("id", -1)
-        out["ann_id"][j] = aid if isinstance(aid, int) and not isinstance(aid, bool) and abs(aid) < 2**63 else -1
+        self.ann_id.append(aid if isinstance(aid, int) and not isinstance(aid, bool) and abs(aid) < 2**63 else -1)
         problem = _annotation_problem(a, h, w)
         if problem is not None:
-            bad[str(j)] = problem
-            out["kind"][j], out["category"][j] = KIND_BAD, -1
-            continue
-        out["category"][j] = a["category_id"] if -(2**31) <= a["category_id"] < 2**31 else -1
-        out["iscrowd"][j] = a.get("iscrowd", 0)
-        out["area"][j] = a.get("area", 0.0)
+            self.problems.append((j, problem))
+            self._row(KIND_BAD, -1, 0, 0.0, 0, 0)
+            return True
+        cat = a["category_id"] if -(2**31) <= a["category_id"] < 2**31 else -1
         seg = a["segmentation"]
         if isinstance(seg, list):
-            out["kind"][j] = KIND_POLY
-            out["seg_start"][j] = len(poly_len)
-            out["seg_count"][j] = len(seg)
+            self._row(KIND_POLY, cat, a.get("iscrowd", 0), a.get("area", 0.0), len(self.poly_len), len(seg))
             for poly in seg:
-                poly_len.append(len(poly))
-                poly_ann.append(j)
-                coords.append(poly)
+                self.poly_len.append(len(poly))
+                n0 = len(self.coords)
+                try:
+                    self.coords.extend(poly)
+                except (TypeError, ValueError, OverflowError):  # a non-number: NaN, flagged by _check_coords
+                    del self.coords[n0:]
+                    self.coords.extend(_as_float(v) for v in poly)
         else:
-            out["kind"][j] = KIND_RLE
-            counts_ = seg["counts"]
-            if isinstance(counts_, list):  # uncompressed RLE -> the compressed form, as annToRLE does
-                counts_ = maskutil.frPyObjects(seg, h, w)["counts"]
-            if isinstance(counts_, str):
-                counts_ = counts_.encode()
-            out["seg_start"][j] = len(rle_chunks)
-            rle_h.append(h)
-            rle_w.append(w)
-            rle_chunks.append(bytes(counts_))
-    flat = _flat_coords(coords, poly_len)
-    _check_coords(flat, poly_len, poly_ann, ann_rows, im, out, bad)
-    rle_off = np.zeros(len(rle_chunks) + 1, np.int64)
-    np.cumsum([len(c) for c in rle_chunks], out=rle_off[1:])
-    poly_start = np.zeros(len(poly_len) + 1, np.int64)
-    np.cumsum(poly_len, out=poly_start[1:])
-    out.update(poly_start=poly_start, poly_len=np.array(poly_len, np.int32), coords=flat, rle_off=rle_off,
-               rle_h=np.array(rle_h, np.int32), rle_w=np.array(rle_w, np.int32),
-               rle_bytes=np.frombuffer(b"".join(rle_chunks), np.uint8).copy())
-    return out
+            from pycocotools import mask as maskutil
+
+            self._row(KIND_RLE, cat, a.get("iscrowd", 0), a.get("area", 0.0), len(self.rle_chunks), 0)
+            counts = seg["counts"]
+            if isinstance(counts, list):  # uncompressed RLE -> the compressed form, as annToRLE does
+                counts = maskutil.frPyObjects(seg, h, w)["counts"]
+            if isinstance(counts, str):
+                counts = counts.encode()
+            self.rle_h.append(h)
+            self.rle_w.append(w)
+            self.rle_chunks.append(bytes(counts))
+        return True
+
+    def _row(self, kind, category, iscrowd, area, seg_first, seg_count) -> None:
+        self.kind.append(kind)
+        self.category.append(category)
+        self.iscrowd.append(iscrowd)
+        self.area.append(_as_float(area))
+        self.seg_first.append(seg_first)
+        self.seg_count.append(seg_count)
+
+    def finish(self, categories, source: str) -> dict[str, np.ndarray]:
+        """The index arrays: annotations grouped by image (file order within an image), polygons and RLEs in that
+        order, annotation rows of the bad ones in 'meta'."""
+        im = self.im
+        rows = np.frombuffer(self.img_row, np.int64)
+        m = len(rows)
+        order = np.argsort(rows, kind="stable")
+        counts = np.bincount(rows, minlength=len(im["image_id"])).astype(np.int64)
+        ann_start = np.zeros(len(counts), np.int64)
+        ann_start[1:] = np.cumsum(counts[:-1])
+        ann_rows = np.repeat(np.arange(len(counts)), counts)  # the image row of each annotation, in index order
+        new_of = np.empty(m, np.int64)
+        new_of[order] = np.arange(m)
+        kind = np.frombuffer(self.kind, np.uint8)[order]
+        out = dict(im, ann_start=ann_start, ann_count=counts,
+                   ann_id=np.frombuffer(self.ann_id, np.int64)[order],
+                   category=np.frombuffer(self.category, np.int32)[order],
+                   iscrowd=np.frombuffer(self.iscrowd, np.uint8)[order],
+                   area=np.frombuffer(self.area, np.float64)[order], kind=kind)
+        first = np.frombuffer(self.seg_first, np.int64)[order]
+        seg_start = np.zeros(m, np.int64)
+        seg_count = np.frombuffer(self.seg_count, np.int32)[order].copy()
+        # polygons: each polygon annotation's run, in the new order
+        n_polys = np.where(kind == KIND_POLY, seg_count, 0).astype(np.int64)
+        poly_first = np.cumsum(n_polys) - n_polys
+        seg_start[kind == KIND_POLY] = poly_first[kind == KIND_POLY]
+        src_poly = np.repeat(first - poly_first, n_polys) + np.arange(int(n_polys.sum()))
+        old_len = np.frombuffer(self.poly_len, np.int32)
+        old_start = np.zeros(len(old_len) + 1, np.int64)
+        np.cumsum(old_len, out=old_start[1:])
+        poly_len = old_len[src_poly]
+        poly_start = np.zeros(len(poly_len) + 1, np.int64)
+        np.cumsum(poly_len, out=poly_start[1:])
+        old = np.frombuffer(self.coords, np.float64)
+        coords = np.empty(int(poly_start[-1]), np.float64)
+        for p0, p1 in _blocks(poly_start):  # gathered in blocks: no index array as long as the coordinates
+            lens = poly_len[p0:p1].astype(np.int64)
+            idx = np.repeat(old_start[src_poly[p0:p1]] - poly_start[p0:p1], lens) \
+                + np.arange(poly_start[p0], poly_start[p1])
+            coords[poly_start[p0] : poly_start[p1]] = old[idx]
+        # RLEs, in the new order
+        is_rle = kind == KIND_RLE
+        src_rle = first[is_rle]
+        seg_start[is_rle] = np.arange(len(src_rle))
+        chunks = [self.rle_chunks[int(k)] for k in src_rle]
+        rle_off = np.zeros(len(chunks) + 1, np.int64)
+        np.cumsum([len(c) for c in chunks], out=rle_off[1:])
+        bad = {str(j): why for j, why in sorted((int(new_of[j]), why) for j, why in self.problems)}
+        out.update(seg_start=seg_start, seg_count=seg_count, poly_start=poly_start, poly_len=poly_len,
+                   coords=coords, rle_off=rle_off, rle_h=np.frombuffer(self.rle_h, np.int32)[src_rle],
+                   rle_w=np.frombuffer(self.rle_w, np.int32)[src_rle],
+                   rle_bytes=np.frombuffer(b"".join(chunks), np.uint8).copy())
+        _check_coords(out, ann_rows, bad)
+        meta = {"categories": categories, "version": INDEX_VERSION, "source": source, "bad": bad}
+        out["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
+        return out
 
 
-def _flat_coords(coords: list[list], poly_len: list[int]) -> np.ndarray:
-    """All polygon coordinates as one float64 array; a non-number becomes NaN (then flagged as non-finite)."""
+def _blocks(poly_start: np.ndarray, size: int = 1 << 18):
+    """Runs of polygons [p0, p1) of about size coordinates each (a longer polygon is a run of its own)."""
+    n, p0 = len(poly_start) - 1, 0
+    while p0 < n:
+        p1 = max(p0 + 1, int(np.searchsorted(poly_start, poly_start[p0] + size, "right")) - 1)
+        yield p0, min(p1, n)
+        p0 = p1
+
+
+def _as_float(v) -> float:
+    if not _number(v):
+        return np.nan
     try:
-        return np.fromiter(itertools.chain.from_iterable(coords), dtype=np.float64, count=sum(poly_len))
-    except (TypeError, ValueError):
-        return np.array([float(v) if _number(v) else np.nan for poly in coords for v in poly], dtype=np.float64)
+        return float(v)
+    except OverflowError:
+        return np.inf
 
 
-def _check_coords(flat, poly_len, poly_ann, ann_rows, im, out, bad) -> None:
+def _check_coords(out: dict[str, np.ndarray], ann_rows: np.ndarray, bad: dict[str, str]) -> None:
     """Flag annotations with non-finite coordinates, or coordinates far outside their image (which would make
-    pycocotools rasterize for hours or run out of memory)."""
-    if not poly_len:
+    pycocotools rasterize for hours or run out of memory). Checked in blocks of polygons: no temporary array is
+    as long as all the coordinates."""
+    poly_start, coords = out["poly_start"], out["coords"]
+    n_polys = len(poly_start) - 1
+    if not n_polys:
         return
-    lens = np.asarray(poly_len, np.int64)
-    ann_of = np.repeat(np.asarray(poly_ann, np.int64), lens)
-    rows = ann_rows[ann_of]
-    limit = 4.0 * np.maximum(im["height"][rows], im["width"][rows]).astype(np.float64) + 16
-    ok = np.isfinite(flat) & (np.abs(np.nan_to_num(flat, nan=0.0, posinf=np.inf)) <= limit)
-    for j in np.unique(ann_of[~ok]):
+    is_poly = out["kind"] == KIND_POLY
+    poly_ann = np.repeat(np.flatnonzero(is_poly), out["seg_count"][is_poly])  # the annotation of each polygon
+    rows = ann_rows[poly_ann]
+    limit = 4.0 * np.maximum(out["height"][rows], out["width"][rows]).astype(np.float64) + 16
+    flagged = []
+    for p0, p1 in _blocks(poly_start):
+        vals = coords[poly_start[p0] : poly_start[p1]]
+        lim = np.repeat(limit[p0:p1], np.diff(poly_start[p0 : p1 + 1]))
+        with np.errstate(invalid="ignore"):
+            ok = np.abs(vals) <= lim  # False for NaN and for an infinity
+        if not ok.all():
+            poly_of = np.repeat(np.arange(p0, p1), np.diff(poly_start[p0 : p1 + 1]))
+            flagged.append(np.unique(poly_ann[poly_of[~ok]]))
+    for j in np.unique(np.concatenate(flagged)) if flagged else ():
         j = int(j)
-        vals = flat[ann_of == j]
+        s, c = int(out["seg_start"][j]), int(out["seg_count"][j])
+        vals = coords[poly_start[s] : poly_start[s + c]]
         nonfinite = not np.isfinite(vals).all()
         bad[str(j)] = ("polygon with a non-finite coordinate (NaN or Infinity)" if nonfinite else
                        f"polygon coordinate {vals[np.argmax(np.abs(vals))]:.6g} is far outside the image")

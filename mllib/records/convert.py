@@ -218,6 +218,8 @@ class Conversion:
             log.info("%d of %d shards already written, skipping them", len(results), len(tasks))
         total = sum(len(t["items"]) for t in todo)
         bar = tqdm(total=total, unit="img", desc=f"cocorecord {self.name}", disable=not self.bar, dynamic_ncols=True)
+        if self.engine == "ray" or (self.jobs > 1 and len(todo) > 1):
+            main_worker.release()  # the shards are written by other processes: this one needs no index
         try:
             if self.engine == "ray" and todo:
                 from mllib.records.rayengine import run_shards

@@ -136,6 +136,11 @@ class Worker:
     def items(self, k: int) -> int:
         return self.source(k).items()
 
+    def release(self) -> None:
+        """Drop the loaded sources (their indexes); a later call loads them again."""
+        with self._lock:
+            self._sources.clear()
+
     def fetch(self, k: int, row: int) -> dict:
         """What example(k, row) reads from the store, read now (a conversion worker reads items ahead)."""
         return self.source(k).fetch(row)
