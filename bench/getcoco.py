@@ -26,10 +26,11 @@ from pathlib import Path
 
 from mllib import store as mstore
 from mllib.get import download
+from mllib.get import fetch as fetching
 from mllib.testing.seaweed import SeaweedS3, free_port
 
 
-def build_site(root: Path, images: int, kb: int) -> list[download.FileSpec]:
+def build_site(root: Path, images: int, kb: int) -> list[fetching.FileSpec]:
     layout = {
         "zips/train2017.zip": [f"train2017/{i:012d}.jpg" for i in range(images * 2 // 3)],
         "zips/val2017.zip": [f"val2017/{i:012d}.jpg" for i in range(images * 2 // 3, images)],
@@ -44,7 +45,7 @@ def build_site(root: Path, images: int, kb: int) -> list[download.FileSpec]:
                 size = int(kb * 1024 * (0.5 + (k % 11) / 10))
                 z.writestr(m, os.urandom(size) if m.endswith(".jpg") else b'{"images": []}' * 200_000)
         data = p.read_bytes()
-        specs.append(download.FileSpec(p.name, rel, len(data), hashlib.sha256(data).hexdigest(), None))
+        specs.append(fetching.FileSpec(p.name, rel, len(data), hashlib.sha256(data).hexdigest(), None))
     return specs
 
 
@@ -69,11 +70,11 @@ def main(argv=None) -> int:
             cmd += ["--rate", str(int(a.rate_mb * 1e6))]
         mirror = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
-        specs = [download.FileSpec(s.name, f"http://127.0.0.1:{port}/{s.url}", s.size, s.sha256) for s in specs]
+        specs = [fetching.FileSpec(s.name, f"http://127.0.0.1:{port}/{s.url}", s.size, s.sha256) for s in specs]
 
         t0 = time.perf_counter()
         for s in specs:
-            download.fetch(s, tmp / "dl-only", bar=False)
+            fetching.fetch(s, tmp / "dl-only", bar=False)
         t_dl = time.perf_counter() - t0
         print(f"download alone : {t_dl:6.2f} s  ({total / 1e6 / t_dl:.1f} MB/s)")
 

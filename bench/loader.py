@@ -31,9 +31,9 @@ import torch
 from realcoco import DEFAULT_SHARED, put_repeated, require_sample
 
 from mllib import store as mstore
+from mllib.augment import affine
 from mllib.labels import classes
 from mllib.labels.cocoindex import INDEX_VERSION, CocoIndex
-from mllib.loaders.augment import affine
 from mllib.loaders.cocodataset import CocoDataset, keep_freed_memory
 
 

@@ -385,7 +385,7 @@ def _latency_runs(server, shared, size, batch, workers, delay_ms, seconds, image
 
 
 def records(store, n_img, size, batch, workers, seconds, pin, coco_rate) -> dict:
-    from mllib.loaders.augment import Augment
+    from mllib.augment import Augment
     from mllib.records import read as mrecords
     from mllib.records.convert import Conversion, parse_entries
 

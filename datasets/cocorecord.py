@@ -25,23 +25,23 @@ from __future__ import annotations
 import getpass
 import sys
 
-from mllib import cli
+from mllib import checks, cli
 from mllib.records import convert as trainingset
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset_name", "-trainingset_name", type=cli.NAME, required=True,
+    p.add_argument("--trainingset_name", "-trainingset_name", type=checks.NAME, required=True,
                    help="name of the training set: trainingsets/<name>/ in the store")
-    p.add_argument("--dataset", "-dataset", type=cli.NAME, default="coco", help="store folder of the default COCO entries")
+    p.add_argument("--dataset", "-dataset", type=checks.NAME, default="coco", help="store folder of the default COCO entries")
     p.add_argument("--datasets", "-datasets", default=None,
                    help="JSON list of {jsonpath, imagepath, name_decoration, set, stuffpath, dataset, classes_file, "
                         "type, labelpath} (default: COCO train2017 and val2017 instances, + stuff when present)")
     p.add_argument("--classes_file", "-classes_file", default="coco",
                    help="class dictionary of the set: a name in mllib/datasets or a path")
-    p.add_argument("--shard_images", "-shard_images", type=cli.Range(1), default=1000, help="images per shard")
-    p.add_argument("--jobs", type=cli.Range(1, 256), default=1, help="worker processes (a local Ray's CPUs)")
+    p.add_argument("--shard_images", "-shard_images", type=checks.Range(1), default=1000, help="images per shard")
+    p.add_argument("--jobs", type=checks.Range(1, 256), default=1, help="worker processes (a local Ray's CPUs)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: --jobs processes on this machine; ray: one Ray task per shard (pip install "
                         "'mllib[ray]'), on --ray_address or a local Ray started for the run")
@@ -49,8 +49,8 @@ def parse_args(argv=None):
                    help="HOST:PORT of an existing Ray cluster's head (ray start --head; KubeRay) for --engine ray")
     p.add_argument("--crowd", choices=("class", "ignore"), default="class",
                    help="crowd regions get their class, or the ignore value 255")
-    p.add_argument("--max_images", "-max_images", type=cli.Range(1), default=None, help="at most this many images per set")
-    p.add_argument("--seed", type=cli.SEED, default=0, help="shuffle seed (recorded in description.json)")
+    p.add_argument("--max_images", "-max_images", type=checks.Range(1), default=None, help="at most this many images per set")
+    p.add_argument("--seed", type=checks.SEED, default=0, help="shuffle seed (recorded in description.json)")
     p.add_argument("--author", default=getpass.getuser(), help="recorded in description.json")
     p.add_argument("--description", default="", help="recorded in description.json")
     p.add_argument("--skip_bad", action="store_true",

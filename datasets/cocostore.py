@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import MllibError, cli
+from mllib import MllibError, checks, cli
 from mllib.labels import display
 from mllib.loaders.cocodataset import CocoDataset, CocoStore
 
@@ -29,14 +29,14 @@ __all__ = ["CocoDataset", "CocoStore", "main"]
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--dataset", type=cli.NAME, default="coco", help="store folder datasets/<dataset>/")
+    p.add_argument("--dataset", type=checks.NAME, default="coco", help="store folder datasets/<dataset>/")
     p.add_argument("--split", default="val2017", help="annotations/instances_<split>.json and images <split>/")
     p.add_argument("--class_dictionary", default="coco", help="class dictionary name or path")
-    p.add_argument("-n", "--count", type=cli.Range(1), default=8, help="samples to write")
-    p.add_argument("--height", type=cli.SIZE, default=512)
-    p.add_argument("--width", type=cli.SIZE, default=512)
+    p.add_argument("-n", "--count", type=checks.Range(1), default=8, help="samples to write")
+    p.add_argument("--height", type=checks.SIZE, default=512)
+    p.add_argument("--width", type=checks.SIZE, default=512)
     p.add_argument("--no_transform", action="store_true", help="validation mode: center crop/pad, no augmentation")
-    p.add_argument("--seed", type=cli.SEED, default=0, help="augmentation seed")
+    p.add_argument("--seed", type=checks.SEED, default=0, help="augmentation seed")
     p.add_argument("--out", default="samples", help="output folder")
     cli.add_log_args(p)
     return p.parse_args(argv)

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import sys
 
-from mllib import cli, layout
+from mllib import checks, cli, layout
 from mllib.get import cityscapes, download
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--dataset", "-dataset", type=cli.NAME, default="cityscapes", help="store folder: datasets/<dataset>/")
+    p.add_argument("--dataset", "-dataset", type=checks.NAME, default="cityscapes", help="store folder: datasets/<dataset>/")
     p.add_argument("--packages", default="1,3",
                    help="package ids: " + ", ".join(f"{k} {v}" for k, v in cityscapes.KNOWN_PACKAGES.items()))
     p.add_argument("--base_url", type=cli.http_url, default=cityscapes.BASE_URL, help="site or mirror")

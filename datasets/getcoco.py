@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from mllib import MllibError, cli, layout
+from mllib import MllibError, checks, cli, layout
 from mllib.get import download
+from mllib.get import fetch as fetching
 
 log = logging.getLogger("getcoco")
 
@@ -51,7 +52,7 @@ def url_path(name: str) -> str:
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--dataset", "-dataset", type=cli.NAME, default="coco", help="store folder: datasets/<dataset>/")
+    p.add_argument("--dataset", "-dataset", type=checks.NAME, default="coco", help="store folder: datasets/<dataset>/")
     p.add_argument(
         "--files",
         default=",".join(COCO_FILES),
@@ -73,7 +74,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def specs_for(names: list[str], base_url: str, checksums: str | None) -> list[download.FileSpec]:
+def specs_for(names: list[str], base_url: str, checksums: str | None) -> list[fetching.FileSpec]:
     """What to download, with the size and checksums to verify (the official table, or --checksums)."""
     table = download.read_checksums(checksums)
     known = set(download.read_checksums(None)) | set(table)
@@ -81,22 +82,27 @@ def specs_for(names: list[str], base_url: str, checksums: str | None) -> list[do
     for name in names:
         if name not in known:
             raise MllibError(f"unknown COCO file {name!r}; known: {', '.join(sorted(known))}")
-        row = table.get(name) or download.FileSpec(name, "")
+        row = table.get(name) or fetching.FileSpec(name, "")
         if row.size is None and row.sha256 is None and row.md5 is None:
             log.warning("%s: UNVERIFIED: no size or checksum known; only the zip's own CRCs will be checked", name)
         elif row.size is None or row.sha256 is None:
             log.warning("%s: not pinned (no published %s); verified by %s only", name,
                         " and ".join(k for k, v in (("size", row.size), ("sha256", row.sha256)) if v is None),
                         ", ".join(k for k, v in (("size", row.size), ("sha256", row.sha256), ("md5", row.md5)) if v))
-        out.append(download.FileSpec(name, base_url.rstrip("/") + url_path(name), row.size, row.sha256, row.md5))
+        out.append(fetching.FileSpec(name, base_url.rstrip("/") + url_path(name), row.size, row.sha256, row.md5))
     return out
 
 
-def run(args) -> int:
+def file_names(args) -> list[str]:
+    """The zips to get: --files, plus the unpinned ones with --unpinned."""
     names = [n.strip() for n in args.files.split(",") if n.strip()]
     if args.unpinned:
         names += [n for n in UNPINNED_FILES if n not in names]
-    specs = specs_for(names, args.base_url, args.checksums)
+    return names
+
+
+def run(args) -> int:
+    specs = specs_for(file_names(args), args.base_url, args.checksums)
     store = cli.open_store(args)
     prefix = layout.dataset(args.dataset)
     summary = download.Job.from_args(specs, store, prefix, args).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import sys
 
-from mllib import MllibError, cli, layout
+from mllib import MllibError, checks, cli, layout
 from mllib.labels import classes, display
 from mllib.records import read as records
 
@@ -18,11 +18,11 @@ from mllib.records import read as records
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset_name", "-trainingset_name", type=cli.NAME, required=True, help="training set name")
+    p.add_argument("--trainingset_name", "-trainingset_name", type=checks.NAME, required=True, help="training set name")
     p.add_argument("--set", default="val", help="which set")
-    p.add_argument("-n", "--count", type=cli.Range(1), default=16, help="records to show")
-    p.add_argument("--cols", type=cli.Range(1, 64), default=4, help="tiles per row")
-    p.add_argument("--size", type=cli.Range(16, 4096), default=256, help="tile size in pixels")
+    p.add_argument("-n", "--count", type=checks.Range(1), default=16, help="records to show")
+    p.add_argument("--cols", type=checks.Range(1, 64), default=4, help="tiles per row")
+    p.add_argument("--size", type=checks.Range(16, 4096), default=256, help="tile size in pixels")
     p.add_argument("--out", default=None, help="PNG to write (default: <name>_<set>.png)")
     cli.add_log_args(p)
     return p.parse_args(argv)

@@ -107,3 +107,12 @@ def dtype(name: str, value, kinds: str, wanted: str, also=()):
     if d is None or (d.kind not in kinds and d not in also):
         raise MllibError(f"{name} must be {wanted} (got {value!r})")
     return d
+
+
+def setting(default, help: str, *, alias: bool = False, choices=None, check: Check | None = None):
+    """A dataclass field that is also a script's flag (mllib.cli.add_settings): its default, help, allowed values
+    (`check`, `choices`) and whether the seed's single-dash spelling (-name) is an alias of --name."""
+    import dataclasses
+
+    return dataclasses.field(default=default, metadata={"help": help, "alias": alias, "choices": choices,
+                                                        "check": check})

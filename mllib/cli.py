@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from mllib import MllibError
-from mllib.checks import NAME, SEED, SIZE, Range  # noqa: F401 - flag types for the scripts
+from mllib.checks import Range
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,24 @@ def add_download_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jobs", type=Range(1, 256), default=16, help="concurrent uploads into the store")
     g.add_argument("--retries", type=Range(0, 100), default=8, help="retries per file on resets, timeouts and 5xx")
     g.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+
+
+def add_settings(p: argparse.ArgumentParser, cls, title: str | None = None) -> None:
+    """One flag per field of the dataclass `cls` (made with mllib.checks.setting): --name (and -name where the field
+    says alias), its default and help, bool fields as on/off switches; the dataclass checks the values."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    g = p.add_argument_group(title) if title else p
+    for f in dataclasses.fields(cls):
+        meta, kind = f.metadata, hints[f.name]
+        names = [f"--{f.name}"] + ([f"-{f.name}"] if meta.get("alias") else [])
+        if kind is bool:
+            g.add_argument(*names, action="store_true", default=f.default, help=meta.get("help"))
+            continue
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # str | None -> str
+        g.add_argument(*names, type=base, default=f.default, choices=meta.get("choices"), help=meta.get("help"))
 
 
 def add_log_args(p: argparse.ArgumentParser) -> None:

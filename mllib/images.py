@@ -86,7 +86,7 @@ def decode(data: bytes, flags: int = cv2.IMREAD_COLOR, rgba: bool = False) -> np
     """Decode to RGB (HxWx3) or grayscale (HxW) uint8, in stored pixel order (no EXIF rotation).
 
     rgba=True gives color as HxWx4 (RGB + a padding channel) in the same single conversion pass: OpenCV warps
-    4-channel images about 2.5x faster than 3-channel ones, with bit-identical RGB values. The header's size is
+    4-channel images faster than 3-channel ones, with bit-identical RGB values. The header's size is
     checked against MAX_PIXELS before anything is decoded.
     """
     _, h, w, _ = info(data)

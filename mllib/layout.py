@@ -4,7 +4,11 @@
     datasets/<dataset>/.manifests/<zip>.json      one per extracted zip, written last
     trainingsets/<name>/description.json          a TFRecord training set (cocorecord.py), written last
     trainingsets/<name>/<set>-00000-of-00004.tfrecord
+    trainingsets/<name>/.shards/<shard>.json      a written shard's stats (what a re-run skips)
+    trainingsets/<name>/tests.json                segment/test.py's results
     models/<model>/checkpoint.pt, metrics.jsonl   training (network2d.py)
+    models/<model>/model.keras, training.json     training (segment/train.py)
+    runs/<model>/metrics.jsonl                    network2d's metrics on local disk (a path, not a key)
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ DATASETS = "datasets"
 TRAININGSETS = "trainingsets"
 MODELS = "models"
 MANIFESTS = ".manifests"
+SHARD_STATS = ".shards"
+RUNS = "runs"
 
 
 def dataset(name: str) -> str:
@@ -47,6 +53,24 @@ def description(name: str) -> str:
     return f"{trainingset(name)}/description.json"
 
 
+def shard(name: str, shard_name: str) -> str:
+    return f"{trainingset(name)}/{shard_name}"
+
+
+def shard_stats(name: str, shard_name: str) -> str:
+    return f"{trainingset(name)}/{SHARD_STATS}/{shard_name}.json"
+
+
+def is_own_shard_key(rel: str) -> bool:
+    """Whether a key relative to trainingsets/<name>/ is at the set's own level (a shard or its stats), not in a
+    set nested below it (<name>/small/...)."""
+    return "/" not in rel or (rel.startswith(SHARD_STATS + "/") and rel.count("/") == 1)
+
+
+def tests(name: str) -> str:
+    return f"{trainingset(name)}/tests.json"
+
+
 def model(name: str) -> str:
     return f"{MODELS}/{name}"
 
@@ -57,3 +81,19 @@ def checkpoint(name: str) -> str:
 
 def model_metrics(name: str) -> str:
     return f"{model(name)}/metrics.jsonl"
+
+
+KERAS_MODEL = "model.keras"
+
+
+def keras_model(name: str) -> str:
+    return f"{model(name)}/{KERAS_MODEL}"
+
+
+def keras_training(name: str) -> str:
+    return f"{model(name)}/training.json"
+
+
+def run_metrics(name: str) -> str:
+    """network2d's local metrics file for a model (a path relative to the working directory)."""
+    return f"{RUNS}/{name}/metrics.jsonl"

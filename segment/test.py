@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import sys
 
-from mllib import cli, layout
+from mllib import checks, cli, layout
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset", "-trainingset", type=cli.NAME, required=True, help="training set name (trainingsets/<name>)")
-    p.add_argument("--model", "-model", type=cli.NAME, default="unet", help="models/<model>/ in the store")
+    p.add_argument("--trainingset", "-trainingset", type=checks.NAME, required=True, help="training set name (trainingsets/<name>)")
+    p.add_argument("--model", "-model", type=checks.NAME, default="unet", help="models/<model>/ in the store")
     p.add_argument("--set", default="val", help="which set to evaluate")
-    p.add_argument("--batch_size", type=cli.Range(1), default=8)
-    p.add_argument("--max_images", type=cli.Range(0), default=0, help="evaluate at most this many images (0: all)")
+    p.add_argument("--batch_size", type=checks.Range(1), default=8)
+    p.add_argument("--max_images", type=checks.Range(0), default=0, help="evaluate at most this many images (0: all)")
     cli.add_log_args(p)
     return p.parse_args(argv)
 
@@ -33,7 +33,7 @@ def run(args) -> int:
     per = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in r["iou"].items())
     miou = f"{r['miou']:.3f}" if r["miou"] is not None else "-"
     print(f"{args.model} on {args.trainingset}/{args.set}: mIoU {miou} ({per}); {r['images']} images -> "
-          f"{store.url_for(layout.trainingset(args.trainingset) + '/tests.json')}")
+          f"{store.url_for(layout.tests(args.trainingset))}")
     return 0
 
 

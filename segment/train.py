@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import sys
 
-from mllib import cli
+from mllib import checks, cli
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--trainingset", "-trainingset", type=cli.NAME, required=True, help="training set name (trainingsets/<name>)")
-    p.add_argument("--savedmodelname", "-savedmodelname", type=cli.NAME, default="unet", help="models/<name>/ in the store")
+    p.add_argument("--trainingset", "-trainingset", type=checks.NAME, required=True, help="training set name (trainingsets/<name>)")
+    p.add_argument("--savedmodelname", "-savedmodelname", type=checks.NAME, default="unet", help="models/<name>/ in the store")
     p.add_argument("--set", default="train", help="which set to train on")
-    p.add_argument("--epochs", "-epochs", type=cli.Range(1), default=10)
-    p.add_argument("--batch_size", "-batch_size", type=cli.Range(1), default=8)
-    p.add_argument("--max_steps", "-max_steps", type=cli.Range(0), default=0, help="train this many steps (0: --epochs)")
-    p.add_argument("--height", type=cli.Range(16, 16384, step=16), default=256, help="crop height (a multiple of 16: the UNet halves it 4 times)")
-    p.add_argument("--width", type=cli.Range(16, 16384, step=16), default=256, help="crop width (a multiple of 16)")
-    p.add_argument("--learning_rate", "-learning_rate", type=cli.Range(0, lo_open=True, real=True), default=1e-3)
-    p.add_argument("--model_width", type=cli.Range(1, 1024), default=16, help="channels of the first UNet level")
-    p.add_argument("--seed", type=cli.SEED, default=0)
+    p.add_argument("--epochs", "-epochs", type=checks.Range(1), default=10)
+    p.add_argument("--batch_size", "-batch_size", type=checks.Range(1), default=8)
+    p.add_argument("--max_steps", "-max_steps", type=checks.Range(0), default=0, help="train this many steps (0: --epochs)")
+    p.add_argument("--height", type=checks.Range(16, 16384, step=16), default=256, help="crop height (a multiple of 16: the UNet halves it 4 times)")
+    p.add_argument("--width", type=checks.Range(16, 16384, step=16), default=256, help="crop width (a multiple of 16)")
+    p.add_argument("--learning_rate", "-learning_rate", type=checks.Range(0, lo_open=True, real=True), default=1e-3)
+    p.add_argument("--model_width", type=checks.Range(1, 1024), default=16, help="channels of the first UNet level")
+    p.add_argument("--seed", type=checks.SEED, default=0)
     p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
     cli.add_log_args(p)
     return p.parse_args(argv)

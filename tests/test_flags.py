@@ -93,6 +93,37 @@ def test_trainconfig_checks_what_a_library_caller_gives():
         TrainConfig(height=512, width=8)
 
 
+SEED_ALIASES = ("bucket", "trainingset", "train_image_path", "valset", "val_image_path", "class_dictionary", "height",
+                "width", "imflags", "batch_size", "epochs", "max_steps", "learning_rate", "num_workers", "device",
+                "amp", "model_name", "resume")
+
+
+def test_network2d_flags_are_trainconfigs_fields():
+    """Every TrainConfig field is a network2d flag of the same name and default (said once, in the dataclass), the
+    seed's single-dash spellings still parse, and a flag given reaches the config."""
+    from dataclasses import MISSING, fields
+
+    from mllib.training.train import TrainConfig
+
+    net = load_script("networks/network2d.py")
+    defaults = vars(net.parse_args([]))
+    for f in fields(TrainConfig):
+        assert f.default is not MISSING and defaults[f.name] == f.default, f.name
+        assert f.metadata["help"], f.name
+    args = net.parse_args(["-batch_size", "3", "-height", "64", "-amp", "-device", "cpu", "-model_name", "m",
+                           "--checkpoint_minutes", "2.5", "--normalize", "none", "-valset", ""])
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    assert (cfg.batch_size, cfg.height, cfg.amp, cfg.device, cfg.model_name, cfg.checkpoint_minutes, cfg.normalize,
+            cfg.valset) == (3, 64, True, "cpu", "m", 2.5, "none", "")
+    p = net.cli.parser(None)
+    net.cli.add_settings(p, TrainConfig)
+    spelled = {a.dest: set(a.option_strings) for a in p._actions}
+    for name in SEED_ALIASES:
+        assert spelled[name] == {f"--{name}", f"-{name}"}, name
+    with pytest.raises(SystemExit):
+        net.parse_args(["--normalize", "sometimes"])
+
+
 def test_range_values():
     size = Range(16, 4096, step=16)
     assert [size.problem(v) is None for v in (16, 512, 4096, 8, 100, 8192, True, 16.0, "16")] == \

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mllib.get import download
+from mllib.get import download, extract
+from mllib.get import fetch as fetching
 from mllib.store import TMP_MARK
 from mllib.testing.mirror import Faults, Mirror
 
@@ -149,8 +150,8 @@ def test_check_members_refuses_links_and_absolute(tmp_path):
             info = zipfile.ZipInfo(name)
             info.external_attr = attr
             z.writestr(info, b"target")
-        with zipfile.ZipFile(p) as z, pytest.raises(download.DownloadError) as e:
-            download.check_members(z, "z.zip")
+        with zipfile.ZipFile(p) as z, pytest.raises(fetching.DownloadError) as e:
+            extract.check_members(z, "z.zip")
         assert "refusing" in str(e.value)
 
 
@@ -204,7 +205,7 @@ def test_killed_mid_extraction_then_rerun(local_store, tmp_path):
         p.wait()
         stored_before = len([k for k in local_store.list("datasets/coco/annotations/many/")])
         assert 0 < stored_before < 3000
-        assert not download.is_extracted(local_store, "datasets/coco", files[0])
+        assert not extract.is_extracted(local_store, "datasets/coco", files[0])
         # every object already there is complete (atomic writes)
         for info in local_store.list("datasets/coco/annotations/many/"):
             assert local_store.get_bytes(info.key) == contents[files[0]][info.key[len("datasets/coco/"):]]
@@ -222,11 +223,11 @@ def test_nested_zip_extracted_in_place(local_store, tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("annotations/panoptic_val2017.zip", inner)
         zf.writestr("annotations/panoptic_val2017.json", b"{}")
-    r = download.extract_to_store(z, local_store, "datasets/coco", bar=False)
+    r = extract.extract_to_store(z, local_store, "datasets/coco", bar=False)
     assert local_store.get_bytes("datasets/coco/annotations/panoptic_val2017/x.png") == b"PNG1"
     assert local_store.get_bytes("datasets/coco/annotations/panoptic_val2017/y.png") == b"PNG2"
     assert r.stored == 3 and r.members == 4
-    assert download.is_extracted(local_store, "datasets/coco", "outer.zip")
+    assert extract.is_extracted(local_store, "datasets/coco", "outer.zip")
 
 
 def test_checksum_table_reads_official_and_unknowns():
@@ -234,7 +235,7 @@ def test_checksum_table_reads_official_and_unknowns():
     assert t["val2017.zip"].size == 815585330 and t["val2017.zip"].md5 == "442b8da7639aecaf257c1dceb8ba8c80"
     assert t["stuff_annotations_trainval2017.zip"].size is None
     assert t["stuff_annotations_trainval2017.zip"].md5 == "2a27c15a2dfcbd2e1c9276dc23cac101"
-    assert t["image_info_unlabeled2017.zip"] == download.FileSpec(
+    assert t["image_info_unlabeled2017.zip"] == fetching.FileSpec(
         "image_info_unlabeled2017.zip", "https://images.cocodataset.org/annotations/image_info_unlabeled2017.zip",
         md5="ede38355d5c3e5251bb7f8b68e2c068f")
 

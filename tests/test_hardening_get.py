@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from mllib import store as mstore
-from mllib.get import download
+from mllib.get import download, extract
+from mllib.get import fetch as fetching
 from mllib.get.cityscapes import CityscapesError, specs
 from mllib.testing.mirror import Faults, Mirror
 
@@ -30,11 +31,11 @@ from .test_getcoco import getcoco, run_getcoco
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.urandom(3000)
-SPEC_UNKNOWN = download.FileSpec("f.zip", "", None, None, hashlib.md5(DATA).hexdigest())
+SPEC_UNKNOWN = fetching.FileSpec("f.zip", "", None, None, hashlib.md5(DATA).hexdigest())
 
 
 def _fetch(url, tmp_path, spec=SPEC_UNKNOWN, retries=3):
-    return download.fetch(download.FileSpec(spec.name, url + "/f.zip", spec.size, spec.sha256, spec.md5),
+    return fetching.fetch(fetching.FileSpec(spec.name, url + "/f.zip", spec.size, spec.sha256, spec.md5),
                           tmp_path / "w", bar=False, retries=retries, backoff=0.001, timeout=10)
 
 
@@ -89,8 +90,12 @@ def test_every_default_file_is_pinned_and_https():
         assert table[name].url.startswith("https://"), name
     assert getcoco.BASE_URL.startswith("https://")
     assert set(getcoco.UNPINNED_FILES).isdisjoint(getcoco.COCO_FILES)
-    args = getcoco.parse_args(["--unpinned"])
-    assert args.unpinned
+    pinned = getcoco.specs_for(getcoco.file_names(getcoco.parse_args([])), getcoco.BASE_URL, None)
+    assert [s.name for s in pinned] == list(getcoco.COCO_FILES) and all(s.sha256 and s.size for s in pinned)
+    both = getcoco.specs_for(getcoco.file_names(getcoco.parse_args(["--unpinned"])), getcoco.BASE_URL, None)
+    extra = [s for s in both if s.name in getcoco.UNPINNED_FILES]
+    assert [s.name for s in both][: len(pinned)] == list(getcoco.COCO_FILES)
+    assert [s.name for s in extra] == list(getcoco.UNPINNED_FILES) and all(s.md5 and not s.sha256 for s in extra)
 
 
 def test_unpinned_file_on_request_warns(caplog):
@@ -102,7 +107,7 @@ def test_unpinned_file_on_request_warns(caplog):
 # -- 3. a 206 without Content-Range: counted, backed off, given up -----------------------------------------------
 def test_206_without_content_range_gives_up(tmp_path):
     with Crafted(lambda h, n: (206, {}, DATA)) as srv:
-        with pytest.raises(download.DownloadError, match="giving up after 3 retries") as e:
+        with pytest.raises(fetching.DownloadError, match="giving up after 3 retries") as e:
             _fetch(srv.url, tmp_path)
     assert len(srv.requests) == 4  # bounded: 1 + 3 retries, not a tight loop
     assert "Content-Range" in str(e.value)
@@ -113,11 +118,11 @@ def _trickled(tmp_path, trickles: int, retries: int):
     site = tmp_path / "site"
     site.mkdir()
     (site / "f.zip").write_bytes(DATA)
-    spec = download.FileSpec("f.zip", "", len(DATA), hashlib.sha256(DATA).hexdigest(), None)
+    spec = fetching.FileSpec("f.zip", "", len(DATA), hashlib.sha256(DATA).hexdigest(), None)
     with Mirror(site, faults=Faults(trickle={"f.zip": trickles})) as m:
         t0 = time.monotonic()
         try:
-            return download.fetch(download.FileSpec("f.zip", m.url + "/f.zip", spec.size, spec.sha256, None),
+            return fetching.fetch(fetching.FileSpec("f.zip", m.url + "/f.zip", spec.size, spec.sha256, None),
                                   tmp_path / "w", bar=False, retries=retries, backoff=0.001, timeout=10, stall_s=1.0,
                                   min_rate=500)
         finally:
@@ -131,7 +136,7 @@ def test_a_trickling_response_is_retried_and_resumed(tmp_path, caplog):
 
 
 def test_a_server_that_only_trickles_is_given_up(tmp_path):
-    with pytest.raises(download.DownloadError, match=r"giving up after 1 retries \(stalled at byte"):
+    with pytest.raises(fetching.DownloadError, match=r"giving up after 1 retries \(stalled at byte"):
         _trickled(tmp_path, trickles=99, retries=1)
     assert not (tmp_path / "w" / "f.zip").exists()
 
@@ -237,7 +242,7 @@ def test_cityscapes_md5_must_be_32_hex(tmp_path):
 
 # -- 6. credentials in URLs ------------------------------------------------------------------------------------------
 def test_userinfo_never_shown(local_store, tmp_path, capsys, caplog):
-    assert download.safe_url("https://user:s3cret@host:8443/a/b.zip?token=t0k") == "https://host:8443/a/b.zip"
+    assert fetching.safe_url("https://user:s3cret@host:8443/a/b.zip?token=t0k") == "https://host:8443/a/b.zip"
     site, _ = _site_with(tmp_path, {})
     with Crafted(lambda h, n: (404, {}, b"")) as srv:
         url = srv.url.replace("http://", "http://user:s3cret@")
@@ -245,9 +250,9 @@ def test_userinfo_never_shown(local_store, tmp_path, capsys, caplog):
     err = capsys.readouterr().err
     assert "not found" in err and "s3cret" not in err and "s3cret" not in caplog.text
     with Crafted(lambda h, n: (503, {}, b"")) as srv:
-        spec = download.FileSpec("f.zip", srv.url.replace("http://", "http://u:s3cret@") + "/f.zip")
-        with pytest.raises(download.DownloadError) as e:
-            download.fetch(spec, tmp_path / "w2", bar=False, retries=1, backoff=0.001)
+        spec = fetching.FileSpec("f.zip", srv.url.replace("http://", "http://u:s3cret@") + "/f.zip")
+        with pytest.raises(fetching.DownloadError) as e:
+            fetching.fetch(spec, tmp_path / "w2", bar=False, retries=1, backoff=0.001)
     assert "s3cret" not in str(e.value) and "s3cret" not in caplog.text
 
 
@@ -272,15 +277,15 @@ def _zip(path: Path, members: list[tuple[str, bytes]]) -> Path:
 ])
 def test_bad_members_are_found_before_anything_is_stored(local_store, tmp_path, members, why):
     z = _zip(tmp_path / "bad.zip", members)
-    with pytest.raises(download.DownloadError, match=why):
-        download.extract_to_store(z, local_store, "datasets/coco", bar=False)
+    with pytest.raises(fetching.DownloadError, match=why):
+        extract.extract_to_store(z, local_store, "datasets/coco", bar=False)
     assert list(local_store.list()) == []
 
 
 def test_total_size_cap(tmp_path):
     z = _zip(tmp_path / "big.zip", [("a/1.bin", os.urandom(1000)), ("a/2.bin", os.urandom(1000))])
-    with zipfile.ZipFile(z) as zf, pytest.raises(download.DownloadError, match="more than"):
-        download.check_members(zf, "big.zip", max_total=1500)
+    with zipfile.ZipFile(z) as zf, pytest.raises(fetching.DownloadError, match="more than"):
+        extract.check_members(zf, "big.zip", max_total=1500)
 
 
 # -- 8. Ctrl-C during extraction ----------------------------------------------------------------------------------

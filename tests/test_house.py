@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as maskutil
 
 from mllib import store as mstore
-from mllib.get import download
+from mllib.get import extract
 from mllib.labels import classes
 from mllib.labels.cocoindex import CocoIndex
 from mllib.labels.render import Renderer
@@ -105,7 +105,7 @@ def test_zip_member_over_the_streaming_threshold(any_store, tmp_path):
     with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as zf, zf.open("annotations/big.json", "w") as f:
         for i in range(0, size, len(block)):
             f.write(block[: min(len(block), size - i)])
-    report = download.extract_to_store(z, any_store, "datasets/coco", bar=False, jobs=2)
+    report = extract.extract_to_store(z, any_store, "datasets/coco", bar=False, jobs=2)
     assert report.stored == 1 and any_store.size("datasets/coco/annotations/big.json") == size
     with any_store.open("datasets/coco/annotations/big.json") as f:
         first = f.read(len(block))
@@ -126,7 +126,7 @@ def test_class_count_mismatch_is_a_clear_error(local_store, tmp_path, capsys):
 
 
 def test_storecli_success_paths(local_store, tmp_path, capsys):
-    cli = load_script("mllib/store/cli.py")
+    cli = load_script("mllib/storecli.py")
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     (src / "a" / "x.txt").write_bytes(b"xx")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from mllib import layout
-from mllib.loaders.augment import Augment, chw_uint8
+from mllib.augment import Augment, chw_uint8
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.records.read import RecordsDataset
@@ -175,7 +176,16 @@ def test_device_prefetcher_yields_every_batch_and_counts_wait():
                for k in range(5)]
     feed = DevicePrefetcher(batches, BatchPrep("cpu", normalize="none"))
     got = [round(float(x[0, 0, 0, 0]) * 255) for x, _ in feed]
-    assert got == [0, 1, 2, 3, 4] and feed.wait >= 0.0 and len(feed) == 5
+    assert got == [0, 1, 2, 3, 4] and len(feed) == 5
+
+    def slow():  # a loader that takes 50 ms per batch: the consumer waits for each
+        for b in batches:
+            time.sleep(0.05)
+            yield b
+
+    slow_feed = DevicePrefetcher(slow(), BatchPrep("cpu", normalize="none"))
+    assert len([x for x, _ in slow_feed]) == 5
+    assert 0.2 <= slow_feed.wait <= 5.0, slow_feed.wait
 
 
 # -- the TFRecord path ---------------------------------------------------------------------------------------------

@@ -5,40 +5,89 @@
 The next download overlaps the previous zip's extraction; an estimate of the time left for the whole job comes
 from the measured download and extraction speeds; a summary line at the end. Ctrl-C or a failure cancels pending
 uploads and stops the extractor within seconds, leaving whole objects and no manifest for the unfinished zip.
-This module also gathers the names the scripts and tests use: fetch, extract_to_store and their helpers.
+Also here: the job's checksum table (read_checksums), its Progress and time formatting (human_seconds).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from mllib.get.extract import (  # noqa: F401 - the download API in one place
-    MANIFESTS,
-    ExtractReport,
-    check_members,
-    extract_to_store,
-    is_extracted,
-    manifest_key,
-    read_manifest,
-)
-from mllib.get.fetch import (  # noqa: F401
-    DownloadError,
-    FileSpec,
-    Progress,
-    fetch,
-    human_seconds,
-    read_checksums,
-    safe_url,
-)
+from mllib.get.extract import extract_to_store, is_extracted
+from mllib.get.fetch import DownloadError, FileSpec, fetch
 from mllib.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def read_checksums(path: str | os.PathLike | None = None) -> dict[str, FileSpec]:
+    """Read a checksum table (columns url, size, sha256, md5; '-' for unknown; '#' comments), keyed by file name.
+
+    Without a path: the official COCO 2017 table shipped with mllib.
+    """
+    if path is None:
+        text = (resources.files("mllib.datasets") / "coco2017-checksums.tsv").read_text()
+        source = "coco2017-checksums.tsv"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise DownloadError(f"cannot read checksum table {path}: {e.strerror}") from None
+        source = str(path)
+    rows = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    out: dict[str, FileSpec] = {}
+    reader = csv.DictReader(rows, delimiter="\t")
+    if not reader.fieldnames or "url" not in reader.fieldnames:
+        raise DownloadError(f"checksum table {source}: needs a header line 'url<TAB>size<TAB>sha256<TAB>md5'")
+
+    def val(v):
+        v = (v or "").strip()
+        return None if v in ("", "-") else v
+
+    for n, row in enumerate(reader, 2):
+        url = val(row.get("url"))
+        if not url:
+            raise DownloadError(f"checksum table {source}: row {n} has no url")
+        size = val(row.get("size"))
+        try:
+            size_i = int(size) if size else None
+        except ValueError:
+            raise DownloadError(f"checksum table {source}: row {n}: size {size!r} is not a number") from None
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        sha = val(row.get("sha256"))
+        md5 = val(row.get("md5"))
+        out[name] = FileSpec(name, url, size_i, sha.lower() if sha else None, md5.lower() if md5 else None)
+    return out
+
+
+@dataclass
+class Progress:
+    """Bytes moved so far by the whole job, for the time estimate."""
+
+    downloaded: int = 0
+    download_seconds: float = 0.0
+    extracted: int = 0
+    extract_seconds: float = 0.0  # summed over the upload threads
+    extract_wall: float = 0.0  # wall-clock seconds of zips finished extracting
+    extract_since: float | None = None  # perf_counter() when the zip now extracting started (None: idle)
+
+    def extract_elapsed(self) -> float:
+        """Wall-clock seconds spent extracting so far (the zip in progress included)."""
+        live = time.perf_counter() - self.extract_since if self.extract_since is not None else 0.0
+        return self.extract_wall + live
+
+
+def human_seconds(s: float) -> str:
+    s = int(max(0, s))
+    h, m = divmod(s // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s % 60:02d}s"
 
 
 @dataclass

@@ -20,10 +20,14 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from mllib import layout
-from mllib.get.fetch import CHUNK, DownloadError, FileSpec, Progress
+from mllib.get.fetch import CHUNK, DownloadError, FileSpec
 from mllib.store import PART_SIZE, Cancelled, NotFound, Store, etag_of_bytes, run_all
+
+if TYPE_CHECKING:
+    from mllib.get.download import Progress
 
 log = logging.getLogger(__name__)
 

@@ -11,18 +11,20 @@ user:password@ or a query string (`safe_url`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mllib import MllibError
-from mllib.store.atomic import commit
+from mllib.atomic import commit
+
+if TYPE_CHECKING:
+    from mllib.get.download import Progress
 
 log = logging.getLogger(__name__)
 
@@ -45,69 +47,6 @@ class FileSpec:
     md5: str | None = None
 
 
-def read_checksums(path: str | os.PathLike | None = None) -> dict[str, FileSpec]:
-    """Read a checksum table (columns url, size, sha256, md5; '-' for unknown; '#' comments), keyed by file name.
-
-    Without a path: the official COCO 2017 table shipped with mllib.
-    """
-    if path is None:
-        text = (resources.files("mllib.datasets") / "coco2017-checksums.tsv").read_text()
-        source = "coco2017-checksums.tsv"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise DownloadError(f"cannot read checksum table {path}: {e.strerror}") from None
-        source = str(path)
-    rows = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    out: dict[str, FileSpec] = {}
-    reader = csv.DictReader(rows, delimiter="\t")
-    if not reader.fieldnames or "url" not in reader.fieldnames:
-        raise DownloadError(f"checksum table {source}: needs a header line 'url<TAB>size<TAB>sha256<TAB>md5'")
-
-    def val(v):
-        v = (v or "").strip()
-        return None if v in ("", "-") else v
-
-    for n, row in enumerate(reader, 2):
-        url = val(row.get("url"))
-        if not url:
-            raise DownloadError(f"checksum table {source}: row {n} has no url")
-        size = val(row.get("size"))
-        try:
-            size_i = int(size) if size else None
-        except ValueError:
-            raise DownloadError(f"checksum table {source}: row {n}: size {size!r} is not a number") from None
-        name = url.rstrip("/").rsplit("/", 1)[-1]
-        sha = val(row.get("sha256"))
-        md5 = val(row.get("md5"))
-        out[name] = FileSpec(name, url, size_i, sha.lower() if sha else None, md5.lower() if md5 else None)
-    return out
-
-
-@dataclass
-class Progress:
-    """Bytes moved so far by the whole job, for the time estimate."""
-
-    downloaded: int = 0
-    download_seconds: float = 0.0
-    extracted: int = 0
-    extract_seconds: float = 0.0  # summed over the upload threads
-    extract_wall: float = 0.0  # wall-clock seconds of zips finished extracting
-    extract_since: float | None = None  # perf_counter() when the zip now extracting started (None: idle)
-
-    def extract_elapsed(self) -> float:
-        """Wall-clock seconds spent extracting so far (the zip in progress included)."""
-        live = time.perf_counter() - self.extract_since if self.extract_since is not None else 0.0
-        return self.extract_wall + live
-
-
-def human_seconds(s: float) -> str:
-    s = int(max(0, s))
-    h, m = divmod(s // 60, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s % 60:02d}s"
-
-
 def safe_url(url: str) -> str:
     """A URL for messages and logs: no user:password@ and no query string (download links may carry tokens)."""
     from urllib.parse import urlsplit, urlunsplit
@@ -121,8 +60,6 @@ def safe_url(url: str) -> str:
     except ValueError:
         return url.split("?", 1)[0].rsplit("@", 1)[-1]
 
-
-_safe_url = safe_url
 
 
 def fetch(

@@ -34,10 +34,10 @@ import torch
 
 from mllib import MllibError, checks, images, layout
 from mllib import store as mstore
+from mllib.augment import Augment, channels, chw_uint8, output_settings, warp
 from mllib.labels import classes
 from mllib.labels.cocoindex import CocoIndex
 from mllib.labels.render import LabelError, Renderer, presence
-from mllib.loaders.augment import Augment, channels, chw_uint8, output_settings, warp
 from mllib.perprocess import PerProcess
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ def keep_freed_memory() -> None:
     """Tune glibc's malloc in this process so freed sample-sized blocks stay in the heap (Linux/glibc only).
 
     Each float32 sample allocates a few MB of fresh arrays; glibc hands blocks of that size back to the kernel and
-    the next sample page-faults them in again (measured: ~1,800 faults and ~5 ms of system time per 512x512
-    float32 sample). Up to 256 MB of freed heap may then stay with the process. It changes the whole process, so it
+    the next sample page-faults them in again (bench/README.md). Up to 256 MB of freed heap may then stay with the process. It changes the whole process, so it
     is never done implicitly: pass `worker_init_fn` (below) to the DataLoader, or call it yourself.
     """
     global _malloc_tuned_pid
@@ -277,7 +276,7 @@ class CocoDataset(torch.utils.data.Dataset):
             j = (i + attempt) % n
             try:
                 data = first.result() if attempt == 0 and first is not None else None
-                img, label = self.raw(j, data, rgba=True)  # RGBA warps 2.5x faster, same RGB values
+                img, label = self.raw(j, data, rgba=True)  # RGBA warps faster, same RGB values
                 break
             except SampleError as e:
                 if not self.skip_bad:
@@ -302,8 +301,7 @@ class CocoDataset(torch.utils.data.Dataset):
         fetched at once by a thread pool, each sample decoded and warped as soon as its bytes are in, so the
         store's latency overlaps the work. A batch from mllib.loaders.ahead.ReadAheadBatches also names the batch
         this worker gets next (`indices.ahead`): those images are fetched while this batch is computed. A local
-        store's reads take microseconds: no pool there (measured on 16 cores: the same samples/s with and without
-        one)."""
+        store's reads take microseconds: no pool there."""
         ahead = [int(i) for i in getattr(indices, "ahead", ())]
         indices = [int(i) for i in indices]
         if self.fetch_threads <= 1 or (len(indices) <= 1 and not ahead) or self.store.local_path() is not None:

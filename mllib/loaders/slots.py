@@ -4,9 +4,8 @@
 
 PyTorch's default collate puts every batch into a fresh shared-memory segment: the worker creates it and
 page-faults ~260 zeroed pages per 1 MB sample into it, the training process maps it again, faults the same pages
-in, copies them (pinning) and unmaps it. Measured on 2 cores with CocoDataset's compact 512x512 samples, that is
-~0.8 ms of system time per sample in the worker (a sixth of the sample's whole cost) and ~0.15 ms in the main
-process. SlotCollate gives each worker a few buffers ("slots", anonymous shared memory from memfd_create) that it
+in, copies them (pinning) and unmaps it. That is a
+sizeable part of a compact sample's cost, in the worker and in the main process (bench/README.md). SlotCollate gives each worker a few buffers ("slots", anonymous shared memory from memfd_create) that it
 fills again and again:
 
 - The worker stacks a batch's tensors into a free slot and sends only a small description of it. A slot's file

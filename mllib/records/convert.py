@@ -183,7 +183,7 @@ class Conversion:
             tasks = []
             for i in range(n):
                 shard = f"{set_name}-{i:05d}-of-{n:05d}.tfrecord"
-                tasks.append({"key": f"{self.prefix}/{shard}", "stats_key": f"{self.prefix}/.shards/{shard}.json",
+                tasks.append({"key": layout.shard(self.name, shard), "stats_key": layout.shard_stats(self.name, shard),
                               "items": arr[i * self.shard_images : (i + 1) * self.shard_images].tolist(),
                               "config": config, "set": set_name})
             plan[set_name] = tasks
@@ -241,7 +241,7 @@ class Conversion:
             bar.close()
         self._remove_stale(tasks)
         desc = self._describe(plan, results, main_worker)
-        self.store.put_bytes(f"{self.prefix}/description.json", json.dumps(desc, indent=1).encode())
+        self.store.put_bytes(layout.description(self.name), json.dumps(desc, indent=1).encode())
         n_rec = sum(s["length"] for s in desc["sets"].values())
         n_shards = sum(len(s["shards"]) for s in desc["sets"].values())
         n_bytes = sum(sh["bytes"] for s in desc["sets"].values() for sh in s["shards"])
@@ -288,7 +288,7 @@ class Conversion:
         base = self.prefix + "/"
         for info in list(self.store.list(base)):
             rel = info.key[len(base):]
-            own = "/" not in rel or (rel.startswith(".shards/") and rel.count("/") == 1)
+            own = layout.is_own_shard_key(rel)
             if own and (rel.endswith(".tfrecord") or rel.endswith(".tfrecord.json")) and info.key not in planned:
                 log.info("removing stale %s", info.key)
                 self.store.delete(info.key)

@@ -20,7 +20,7 @@ import json
 import numpy as np
 
 from mllib import MllibError, images, layout
-from mllib.loaders.augment import Augment, chw_uint8, output_settings, warp
+from mllib.augment import Augment, chw_uint8, output_settings, warp
 from mllib.records import schema, tfrecord
 from mllib.store import NotFound, Store
 

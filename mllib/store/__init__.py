@@ -6,21 +6,20 @@
     >>> s.get_bytes("datasets/coco/hello.txt")
     b'hi'
 
-Keys are '/'-separated paths below the store's root (the bucket plus an optional prefix, or a directory).
+(From the shell: python3 -m mllib.storecli, mllib/storecli.py.) Keys are '/'-separated paths below the store's root (the bucket plus an optional prefix, or a directory).
 Writes are atomic on both backends, so a reader never sees a partial object under its final name.
 
     base.py     the Store interface, errors, ETags, put_dir / get_dir, run_all
-    local.py    LocalStore: files below a folder, atomic and fsynced (atomic.py)
+    local.py    LocalStore: files below a folder, atomic and fsynced (mllib/atomic.py)
     s3.py       S3Store: boto3, one error translation; fastput.py: the small-object PUT fast path
     streams.py  read_ahead (fetches in flight ahead of their use), StreamingPut (an object uploaded as it is written)
-    cli.py      python3 -m mllib.storecli: ls / put_dir / get_dir from the shell
 """
 
 from __future__ import annotations
 
 import os
 
-from mllib.store.atomic import TMP_MARK
+from mllib.atomic import TMP_MARK
 from mllib.store.base import (
     CHUNK,
     DEFAULT_STORE,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mllib import MllibError
-from mllib.store.atomic import TMP_MARK, atomic_write
+from mllib.atomic import TMP_MARK, atomic_write
 
 log = logging.getLogger(__name__)
 

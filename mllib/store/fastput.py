@@ -1,9 +1,8 @@
 """The small-object fast path for S3 PUTs: one SigV4-signed request over a urllib3 pool, no botocore per request.
 
 botocore spends most of a small PUT's time in its own request machinery; signing the request with botocore's
-signer and sending it over a shared urllib3 pool gives more objects/s for dataset-sized objects (1.4x boto3's
-put_object in `python3 bench/store.py` on the 2-core machine, 2,000 objects of ~150 KB, SeaweedFS on the same
-cores). It only ever takes the simple case: any
+signer and sending it over a shared urllib3 pool gives more objects/s for dataset-sized objects (bench/store.py).
+It only ever takes the simple case: any
 non-200 answer or transport error returns False and the caller repeats the PUT through boto3, which retries and
 explains the error. It turns itself off after 3 consecutive failures, and MLLIB_FAST_PUT=0 (or
 S3Store(fast_put=False)) turns it off from the start.

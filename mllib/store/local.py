@@ -1,7 +1,7 @@
 """The local-directory backend: keys are files below a root folder, written atomically and durably.
 
 Every write goes to a hidden temporary file in the target folder, is fsynced, renamed into place and the folder
-fsynced (mllib.store.atomic), so a reader sees the old object or the whole new one, also after a power loss.
+fsynced (mllib.atomic), so a reader sees the old object or the whole new one, also after a power loss.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mllib.store.atomic import TMP_MARK, atomic_write
+from mllib.atomic import TMP_MARK, atomic_write
 from mllib.store.base import CHUNK, NotFound, ObjectInfo, Store, StoreError, clean_key, etag_of_file
 
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from mllib.cli import Range
+from mllib.checks import Range
 
 
 class LatencyProxy:

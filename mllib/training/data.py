@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from mllib import MllibError
+from mllib.augment import Augment
 from mllib.loaders.ahead import ReadAheadBatches, Rows
-from mllib.loaders.augment import Augment
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
 from mllib.loaders.slots import SlotCollate
 from mllib.store import Store

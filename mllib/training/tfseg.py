@@ -121,10 +121,10 @@ def train(store: Store, name: str, model_name: str, *, epochs: int = 1, batch_si
             "loss": [float(v) for v in hist.history.get("loss", [])],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.keras"
+        path = Path(tmp) / layout.KERAS_MODEL
         model.save(path)
-        store.put_file(f"{model_prefix(model_name)}/model.keras", path)
-    store.put_bytes(f"{model_prefix(model_name)}/training.json", json.dumps(info, indent=1).encode())
+        store.put_file(layout.keras_model(model_name), path)
+    store.put_bytes(layout.keras_training(model_name), json.dumps(info, indent=1).encode())
     return info
 
 
@@ -133,15 +133,15 @@ def test(store: Store, name: str, model_name: str, *, set_name: str = "val", bat
     import keras
 
     try:
-        info = json.loads(store.get_bytes(f"{model_prefix(model_name)}/training.json"))
-        data = store.get_bytes(f"{model_prefix(model_name)}/model.keras")
+        info = json.loads(store.get_bytes(layout.keras_training(model_name)))
+        data = store.get_bytes(layout.keras_model(model_name))
     except NotFound:
         raise MllibError(f"model {store.url_for(model_prefix(model_name))} not found: train it with segment/train.py "
                          f"-savedmodelname {model_name}") from None
     desc = records.description(store, name)
     d = classes.load(desc["classes"])
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.keras"
+        path = Path(tmp) / layout.KERAS_MODEL
         path.write_bytes(data)
         model = keras.models.load_model(path, compile=False)
     ds = dataset(store, name, set_name, info["height"], info["width"], batch_size, False, d.ignore)
@@ -155,5 +155,5 @@ def test(store: Store, name: str, model_name: str, *, set_name: str = "val", bat
             break
     result = {"trainingset": name, "set": set_name, "model": model_name, "images": n,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **cm.report(d.names)}
-    store.put_bytes(f"{layout.trainingset(name)}/tests.json", json.dumps(result, indent=1).encode())
+    store.put_bytes(layout.tests(name), json.dumps(result, indent=1).encode())
     return result

@@ -33,14 +33,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mllib import MllibError, layout
-from mllib.checks import NAME, SEED, SIZE, Range
+from mllib.checks import NAME, SEED, SIZE, Range, setting
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
@@ -53,44 +53,60 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Everything fit() needs; networks/network2d.py builds it from its flags (same names)."""
+    """Everything fit() needs. networks/network2d.py's flags are made from these fields (same names; `alias`: also
+    the seed's single-dash spelling), so a default, its help and its range are said once, here."""
 
-    trainingset: str = layout.coco_instances("coco", "train2017")
-    train_image_path: str = layout.coco_images("coco", "train2017")
-    valset: str = layout.coco_instances("coco", "val2017")
-    val_image_path: str = layout.coco_images("coco", "val2017")
-    val_fraction: float = 0.1
-    bucket: str | None = None
-    records: str | None = None  # train from this TFRecord set instead (its "train" and "val" sets)
-    class_dictionary: str = "coco"
-    height: int = 512
-    width: int = 512
-    imflags: int = 1
-    batch_size: int = 8
-    epochs: int = 10
-    max_steps: int = 0
-    learning_rate: float = 1e-3
-    num_workers: int = 4
-    prefetch: int = 4
-    unordered: bool = False  # training batches handed over as workers finish them (DataLoader in_order=False)
-    fetch_threads: int = 16
-    device: str = "auto"
-    amp: bool = False
-    compile: bool = False
-    normalize: str = "imagenet"
-    model_name: str = "unet2d"
-    model_width: int = 16
-    model_depth: int = 4
-    resume: bool = False
-    metrics_file: str | None = None
-    skip_bad: bool = False
-    seed: int = 0
-    no_progress: bool = False
-    log_every: int = 50
-    step_rate_steps: int = -1  # GPU-only step rate measured over this many steps (-1: 20 on CUDA, 0 elsewhere)
-    checkpoint_every: int = 0  # also a checkpoint every N steps (0: at epoch ends and by checkpoint_minutes)
-    checkpoint_minutes: float = 10.0  # also a checkpoint when this long has passed since the last (0: never)
-    stop_grace_s: float = 60.0  # on SIGTERM/SIGINT: finish the step, checkpoint and exit within this time
+    trainingset: str = setting(layout.coco_instances("coco", "train2017"), "key of the training annotation JSON "
+                               "in the store", alias=True)
+    train_image_path: str = setting(layout.coco_images("coco", "train2017"), "key prefix of the training images",
+                                    alias=True)
+    valset: str = setting(layout.coco_instances("coco", "val2017"), "key of the validation annotation JSON ('' = "
+                          "hold out --val_fraction of the training set)", alias=True)
+    val_image_path: str = setting(layout.coco_images("coco", "val2017"), "key prefix of the validation images",
+                                  alias=True)
+    val_fraction: float = setting(0.1, "held-out fraction when --valset is ''",
+                                  check=Range(0, 1, hi_open=True, real=True))
+    bucket: str | None = setting(None, "bucket overriding the store's (as in the seed)", alias=True)
+    records: str | None = setting(None, "train from this TFRecord set (trainingsets/NAME, cocorecord.py) instead of "
+                                  "the COCO JSON (its 'train' and 'val' sets)")
+    class_dictionary: str = setting("coco", "class dictionary name or path", alias=True)
+    height: int = setting(512, "training crop height", alias=True, check=SIZE)
+    width: int = setting(512, "training crop width", alias=True, check=SIZE)
+    imflags: int = setting(1, "cv2 imread flags (1 color, 0 gray)", alias=True)
+    batch_size: int = setting(8, "images per step (per rank)", alias=True, check=Range(1))
+    epochs: int = setting(10, "epochs to train", alias=True, check=Range(1))
+    max_steps: int = setting(0, "stop after this many steps (0: no limit)", alias=True, check=Range(0))
+    learning_rate: float = setting(1e-3, "AdamW learning rate", alias=True, check=Range(0, lo_open=True, real=True))
+    num_workers: int = setting(4, "DataLoader worker processes", alias=True, check=Range(0, 1024))
+    prefetch: int = setting(4, "batches prefetched per worker", check=Range(1))
+    unordered: bool = setting(False, "take training batches as the workers finish them (DataLoader "
+                              "in_order=False): a worker that is ahead is not held back by a slower one; the same "
+                              "batches, in an order that can differ between runs")
+    fetch_threads: int = setting(16, "concurrent image reads per worker", check=Range(1, 1024))
+    device: str = setting("auto", "cuda when available, else cpu (auto, cpu, cuda, cuda:N, mps)", alias=True)
+    amp: bool = setting(False, "mixed precision (bf16 where supported)", alias=True)
+    compile: bool = setting(False, "torch.compile the model")
+    normalize: str = setting("imagenet", "normalization applied on the device to the uint8 batches",
+                             choices=("imagenet", "image", "none"))
+    model_name: str = setting("unet2d", "the model's folder in the store (models/<model_name>/)", alias=True)
+    model_width: int = setting(16, "channels of the first UNet level", check=Range(1, 1024))
+    model_depth: int = setting(4, "UNet levels", check=Range(0, 8))
+    resume: bool = setting(False, "continue from models/<model_name>/checkpoint.pt at exactly the next batch",
+                           alias=True)
+    metrics_file: str | None = setting(None, "JSON lines file (default runs/<model_name>/metrics.jsonl)")
+    skip_bad: bool = setting(False, "replace missing/corrupt images by other samples")
+    seed: int = setting(0, "torch seed (augmentation and shuffling)", check=SEED)
+    no_progress: bool = setting(False, "no progress bar")
+    log_every: int = setting(50, "read the loss (a host sync) every N steps", check=Range(1))
+    step_rate_steps: int = setting(-1, "measure the GPU-only step rate over N steps before training (-1: 20 on "
+                                   "CUDA, else 0)", check=Range(-1))
+    checkpoint_every: int = setting(0, "also write a checkpoint every N steps (0: at epoch ends and by "
+                                    "--checkpoint_minutes)", check=Range(0))
+    checkpoint_minutes: float = setting(10.0, "also write a checkpoint when this many minutes have passed since "
+                                        "the last one (0: never)", check=Range(0, real=True))
+    stop_grace_s: float = setting(60.0, "on SIGTERM / SIGINT: finish the step, write a checkpoint and exit "
+                                  "(status 75) within this many seconds, else exit 143 keeping the last whole "
+                                  "checkpoint", check=Range(0, lo_open=True, real=True))
 
     def __post_init__(self):
         """A setting out of range is a one-line MllibError naming the flag, before anything is read or written."""
@@ -109,27 +125,8 @@ class TrainConfig:
                              f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
 
 
-# the values every numeric setting may take (network2d's flags have the same names)
-LIMITS = {
-    "val_fraction": Range(0, 1, hi_open=True, real=True),
-    "height": SIZE,
-    "width": SIZE,
-    "batch_size": Range(1),
-    "epochs": Range(1),
-    "max_steps": Range(0),
-    "learning_rate": Range(0, lo_open=True, real=True),
-    "num_workers": Range(0, 1024),
-    "prefetch": Range(1),
-    "fetch_threads": Range(1, 1024),
-    "model_width": Range(1, 1024),
-    "model_depth": Range(0, 8),
-    "seed": SEED,
-    "log_every": Range(1),
-    "step_rate_steps": Range(-1),
-    "checkpoint_every": Range(0),
-    "checkpoint_minutes": Range(0, real=True),
-    "stop_grace_s": Range(0, lo_open=True, real=True),
-}
+# the values every numeric setting may take, from the fields (network2d's flags have the same names)
+LIMITS = {f.name: f.metadata["check"] for f in fields(TrainConfig) if f.metadata.get("check") is not None}
 
 # what a resumed run must share with its checkpoint (the data, its order and the model); anything else may change:
 # --num_workers and the number of ranks (the position is elastic), --epochs, --max_steps, --prefetch, the
@@ -515,7 +512,7 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, val_loader, train_ds, ep
     cfg = run.cfg
     if cfg.unordered and run.rank == 0:
         log.info("--unordered: checkpoints at epoch ends; a stop on a signal runs its epoch again on --resume")
-    metrics_path = Path(cfg.metrics_file or f"runs/{cfg.model_name}/metrics.jsonl")
+    metrics_path = Path(cfg.metrics_file or layout.run_metrics(cfg.model_name))
     if run.rank == 0:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
     last: dict = history[-1] if history else {}
