@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import images
+from mllib import images, tflib
 from mllib.labels import classes
 from mllib.labels.cocoindex import CocoIndex
 from mllib.labels.render import Renderer
@@ -36,7 +36,7 @@ def all_records(store, name, set_name):
 
 
 def test_records_parse_with_tf_and_labels_equal_renderer(any_store, tmp_path, capsys):
-    import tensorflow as tf
+    tf = tflib.tensorflow()
 
     val, _ = put_val_train(any_store, tmp_path)
     assert convert(any_store) == 0

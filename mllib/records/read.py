@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from mllib import MllibError, images, layout
+from mllib import MllibError, images, layout, tflib
 from mllib.augment import Augment, chw_uint8, output_settings, warp
 from mllib.records import schema, tfrecord
 from mllib.store import NotFound, Store
@@ -68,7 +68,7 @@ def parse(record: bytes, rgba: bool = False) -> dict:
 # -- TensorFlow ------------------------------------------------------------------------------------------------
 
 def tf_parse(serialized):
-    import tensorflow as tf
+    tf = tflib.tensorflow()
 
     ex = tf.io.parse_single_example(serialized, schema.tf_features())
     image = tf.io.decode_image(ex[schema.IMAGE], channels=3, expand_animations=False)
@@ -81,7 +81,7 @@ def tf_parse(serialized):
 
 def tf_dataset(store: Store, name: str, set_name: str, parse_records: bool = True):
     """tf.data over the shards of one set: (image uint8 HxWx3, label uint8 HxW) when parse_records."""
-    import tensorflow as tf
+    tf = tflib.tensorflow()
 
     keys = shard_keys(store, name, set_name)
     if store.local_path() is not None:

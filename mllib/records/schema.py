@@ -6,6 +6,8 @@ The seed's names (image/encoded, image/height, ... label/classes) plus image/fil
 
 from __future__ import annotations
 
+from mllib import tflib
+
 IMAGE = "image/encoded"
 HEIGHT = "image/height"
 WIDTH = "image/width"
@@ -40,7 +42,7 @@ def example(*, image: bytes, fmt: str, height: int, width: int, label_png: bytes
 
 def tf_features(names=(IMAGE, HEIGHT, WIDTH, LABEL, CLASSES)) -> dict:
     """tf.io.parse_single_example's spec for these features."""
-    import tensorflow as tf
+    tf = tflib.tensorflow()
 
     kinds = {"bytes": tf.io.FixedLenFeature([], tf.string), "int": tf.io.FixedLenFeature([], tf.int64)}
     return {n: kinds[FEATURES[n][0]] if FEATURES[n][0] in kinds else tf.io.VarLenFeature(tf.float32) for n in names}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import MllibError, layout
+from mllib import MllibError, layout, tflib
 from mllib.labels import classes
 from mllib.records import read as records
 from mllib.store import NotFound, Store
@@ -28,7 +28,7 @@ def model_prefix(name: str) -> str:
 
 
 def unet(n_classes: int, height: int, width: int, base: int = 16, depth: int = 4):
-    import keras
+    keras = tflib.keras()
     from keras import layers
 
     def block(x, ch):
@@ -54,7 +54,7 @@ def unet(n_classes: int, height: int, width: int, base: int = 16, depth: int = 4
 
 
 def masked_loss(ignore: int = 255):
-    import tensorflow as tf
+    tf = tflib.tensorflow()
 
     def loss(y_true, logits):
         y = tf.cast(y_true, tf.int32)
@@ -69,7 +69,7 @@ def masked_loss(ignore: int = 255):
 
 def _crop(image, label, height: int, width: int, train: bool, ignore: int):
     """Random (train) or center crop/pad of image and label together; padding is ignore in the label."""
-    import tensorflow as tf
+    tf = tflib.tensorflow()
 
     img = tf.cast(image, tf.float32) / 127.5 - 1.0
     lab = tf.cast(label, tf.float32)[..., None] + 1.0  # 0 marks padding
@@ -88,7 +88,7 @@ def _crop(image, label, height: int, width: int, train: bool, ignore: int):
 
 def dataset(store: Store, name: str, set_name: str, height: int, width: int, batch: int, train: bool,
             ignore: int = 255, seed: int = 0):
-    import tensorflow as tf
+    tf = tflib.tensorflow()
 
     ds = records.tf_dataset(store, name, set_name)
     if train:
@@ -100,8 +100,8 @@ def dataset(store: Store, name: str, set_name: str, height: int, width: int, bat
 def train(store: Store, name: str, model_name: str, *, epochs: int = 1, batch_size: int = 8, height: int = 256,
           width: int = 256, learning_rate: float = 1e-3, max_steps: int = 0, base: int = 16, seed: int = 0,
           set_name: str = "train", verbose: int = 1) -> dict:
-    import keras
-    import tensorflow as tf
+    keras = tflib.keras()
+    tf = tflib.tensorflow()
 
     tf.keras.utils.set_random_seed(seed)
     desc = records.description(store, name)
@@ -130,7 +130,7 @@ def train(store: Store, name: str, model_name: str, *, epochs: int = 1, batch_si
 
 def test(store: Store, name: str, model_name: str, *, set_name: str = "val", batch_size: int = 8,
          max_images: int = 0) -> dict:
-    import keras
+    keras = tflib.keras()
 
     try:
         info = json.loads(store.get_bytes(layout.keras_training(model_name)))
