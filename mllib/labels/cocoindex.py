@@ -78,10 +78,10 @@ class CocoIndex:
             else:
                 del data  # the text is read: free it before the arrays are grouped
                 arrays = read[0].finish(read[1], source)
-        meta = json.loads(bytes(arrays["meta"]).decode())
+        idx = cls(arrays, source)
         log.info("indexed %s: %d images, %d annotations (%d malformed) in %.1f s", source or "annotations",
-                 len(arrays["image_id"]), len(arrays["ann_id"]), len(meta["bad"]), time.perf_counter() - t0)
-        return cls(arrays, source)
+                 idx.images, len(idx.ann_id), len(idx.bad), time.perf_counter() - t0)
+        return idx
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -265,20 +265,13 @@ def _read_text(text: str, source: str) -> tuple[_Annotations, list] | None:
             pos = ws(text, pos + 1).end()
             if key == "annotations" and rows is not None and text[pos] == "[":
                 pos = ws(text, pos + 1).end()
-                if text[pos] == "]":
-                    pos += 1
-                else:
-                    while True:
-                        a, pos = decode(text, pos)
-                        if not isinstance(a, dict) or not rows.add(a):
-                            return None
-                        pos = ws(text, pos).end()
-                        if text[pos] == "]":
-                            pos += 1
-                            break
-                        if text[pos] != ",":
-                            return None
-                        pos = ws(text, pos + 1).end()
+                more = text[pos] != "]"
+                pos = pos if more else pos + 1
+                while more:
+                    a, pos = decode(text, pos)
+                    if not isinstance(a, dict) or not rows.add(a):
+                        return None
+                    pos, more = _separator(text, pos, "]")
             else:
                 value, pos = decode(text, pos)
                 if key == "images":
@@ -293,18 +286,25 @@ def _read_text(text: str, source: str) -> tuple[_Annotations, list] | None:
                     return None
                 elif key == "categories":
                     categories = value
-            pos = ws(text, pos).end()
-            if text[pos] == "}":
-                pos += 1
+            pos, more = _separator(text, pos, "}")
+            if not more:
                 break
-            if text[pos] != ",":
-                return None
-            pos = ws(text, pos + 1).end()
         if ws(text, pos).end() != len(text) or rows is None:
             return None
     except (IndexError, json.JSONDecodeError):
         return None
     return rows, categories
+
+
+def _separator(text: str, pos: int, close: str) -> tuple[int, bool]:
+    """After a value in an array or object: (position after `close`, False) or (start of the next item, True).
+    Anything else is a JSONDecodeError (the caller then parses the whole document, which says where)."""
+    pos = _WS.match(text, pos).end()
+    if text[pos] == close:
+        return pos + 1, False
+    if text[pos] != ",":
+        raise json.JSONDecodeError(f"Expecting ',' or {close!r}", text, pos)
+    return _WS.match(text, pos + 1).end(), True
 
 
 class _Annotations:
@@ -351,11 +351,11 @@ class _Annotations:
                     del self.coords[n0:]
                     self.coords.extend(_as_float(v) for v in poly)
         else:
-            from pycocotools import mask as maskutil
-
             self._row(KIND_RLE, cat, a.get("iscrowd", 0), a.get("area", 0.0), len(self.rle_chunks), 0)
             counts = seg["counts"]
             if isinstance(counts, list):  # uncompressed RLE -> the compressed form, as annToRLE does
+                from pycocotools import mask as maskutil
+
                 counts = maskutil.frPyObjects(seg, h, w)["counts"]
             if isinstance(counts, str):
                 counts = counts.encode()
