@@ -8,7 +8,12 @@ beside them, renders one PNG label of trainIds per image (mllib/datasets/coco.js
     trainingsets/coco/train-00000-of-00119.tfrecord ... val-00000-of-00005.tfrecord, description.json
 
 ending with a line like "wrote 123,287 records to 124 shards, 19.52 GB, 0 skipped, in 2051.3 s -> s3://...".
-Combine datasets with --datasets, e.g. COCO val and Cityscapes val into one 4-class set:
+Any source (mllib/sources: coco, cityscapes, folder, cvat) with --datasets; your own images and label PNGs:
+
+    --datasets '[{"type": "folder", "imagepath": "datasets/own/images", "labelpath": "datasets/own/masks",
+                  "classes_file": "datasets/own/own.json", "set": "train"}]'
+
+Entries with the same "set" are combined, e.g. COCO val and Cityscapes val into one 4-class set:
 
     --datasets '[{"jsonpath": "annotations/instances_val2017.json", "imagepath": "val2017", "set": "val"},
                  {"type": "cityscapes", "dataset": "cityscapes", "imagepath": "leftImg8bit/val",
@@ -36,10 +41,13 @@ def parse_args(argv=None):
                    help="name of the training set: trainingsets/<name>/ in the store")
     p.add_argument("--dataset", "-dataset", type=checks.NAME, default="coco", help="store folder of the default COCO entries")
     p.add_argument("--datasets", "-datasets", default=None,
-                   help="JSON list of {jsonpath, imagepath, name_decoration, set, stuffpath, dataset, classes_file, "
-                        "type, labelpath} (default: COCO train2017 and val2017 instances, + stuff when present)")
-    p.add_argument("--classes_file", "-classes_file", default="coco",
-                   help="class dictionary of the set: a name in mllib/datasets or a path")
+                   help="JSON list of source entries {type, set, imagepath, labelpath, jsonpath, stuffpath, "
+                        "classes_file, image_suffix, label_suffix, split_file, label_format, dataset, "
+                        "name_decoration} (README: 'Sources'), or a registered name (coco, cityscapes); default: "
+                        "COCO train2017 and val2017 instances, + stuff when present")
+    p.add_argument("--classes_file", "-classes_file", default=None,
+                   help="class dictionary of the set: a name in mllib/datasets, a local path or a key in the store "
+                        "(default: the first entry's classes_file, a CVAT export's labelmap, else coco)")
     p.add_argument("--shard_images", "-shard_images", type=checks.Range(1), default=1000, help="images per shard")
     p.add_argument("--jobs", type=checks.Range(1, 256), default=1, help="worker processes (a local Ray's CPUs)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -70,7 +78,7 @@ def run(args) -> int:
         if args.ray_address:
             check_address(args.ray_address)
     store = cli.open_store(args)
-    entries = (trainingset.parse_entries(args.datasets) if args.datasets
+    entries = (trainingset.parse_entries(args.datasets, store) if args.datasets
                else trainingset.default_entries(store, args.dataset))
     conv = trainingset.Conversion(
         store, args.trainingset_name, entries, classes_file=args.classes_file, shard_images=args.shard_images,

@@ -53,7 +53,21 @@ def info(data: bytes) -> tuple[str, int, int, int]:
     raise ImageError("not a JPEG or PNG file")
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, int]:
+def dimensions(head: bytes) -> tuple[int, int] | None:
+    """(height, width) from an image's first bytes (Store.get_head), or None when the frame header is not within
+    them or the bytes are no JPEG or PNG. Unlike info(), it does not ask for the whole file."""
+    try:
+        if head[:3] == b"\xff\xd8\xff":
+            return _jpeg_header(head, complete=False)[:2]
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24 and head[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", head[16:24])
+            return h, w
+    except (ImageError, struct.error):
+        return None
+    return None
+
+
+def _jpeg_header(data: bytes, complete: bool = True) -> tuple[int, int, int]:
     i, n = 2, len(data)
     while i + 4 <= n:
         if data[i] != 0xFF:
@@ -71,7 +85,7 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int]:
                 break
             _, h, w, comps = struct.unpack(">BHHB", data[i + 4 : i + 10])
             tail = data[-64:].rstrip(b"\x00")
-            if not tail.endswith(b"\xff\xd9") and b"\xff\xd9" not in data[-1024:]:
+            if complete and not tail.endswith(b"\xff\xd9") and b"\xff\xd9" not in data[-1024:]:
                 raise ImageError("truncated JPEG (no end-of-image marker)")
             if h == 0 or w == 0:
                 raise ImageError("JPEG without a height or width in its frame header")

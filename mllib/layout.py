@@ -2,6 +2,7 @@
 
     datasets/<dataset>/...                        what getcoco.py / getcityscapes.py extracted (zip member paths)
     datasets/<dataset>/.manifests/<zip>.json      one per extracted zip, written last
+    <cvat export>/labelmap.txt, JPEGImages/, SegmentationClass/, ImageSets/Segmentation/   a CVAT mask export
     trainingsets/<name>/description.json          a TFRecord training set (cocorecord.py), written last
     trainingsets/<name>/<set>-00000-of-00004.tfrecord
     trainingsets/<name>/.shards/<shard>.json      a written shard's stats (what a re-run skips)
@@ -43,6 +44,22 @@ def coco_stuff(name: str, split: str) -> str:
 
 def coco_images(name: str, split: str) -> str:
     return f"{dataset(name)}/{split}"
+
+
+def cvat_labelmap(root: str) -> str:
+    return f"{root}/labelmap.txt"
+
+
+def cvat_images(root: str) -> str:
+    return f"{root}/JPEGImages"
+
+
+def cvat_labels(root: str) -> str:
+    return f"{root}/SegmentationClass"
+
+
+def cvat_splits(root: str) -> str:
+    return f"{root}/ImageSets/Segmentation"
 
 
 def trainingset(name: str) -> str:

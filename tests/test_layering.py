@@ -11,14 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = {"layout", "images", "augment", "atomic", "checks", "perprocess", "tflib"}
 # what each part may not import (a later stage, or the scripts' level)
 FORBIDDEN = {
-    "store": {"get", "labels", "records", "loaders", "training", "cli"},
-    "labels": {"get", "records", "loaders", "training", "cli"},
+    "store": {"get", "labels", "sources", "records", "loaders", "training", "cli"},
+    "labels": {"get", "sources", "records", "loaders", "training", "cli"},
+    "sources": {"get", "records", "loaders", "training", "cli"},
     "records": {"loaders", "training", "cli"},
     "loaders": {"training", "get", "cli"},
     "training": {"get", "cli"},
-    "get": {"labels", "records", "loaders", "training", "cli"},
-    "testing": {"get", "labels", "records", "loaders", "training", "cli"},
-    **{b: {"get", "store", "labels", "records", "loaders", "training", "testing", "cli"} for b in BLOCKS},
+    "get": {"labels", "sources", "records", "loaders", "training", "cli"},
+    "testing": {"get", "labels", "sources", "records", "loaders", "training", "cli"},
+    **{b: {"get", "store", "labels", "sources", "records", "loaders", "training", "testing", "cli"} for b in BLOCKS},
 }
 
 

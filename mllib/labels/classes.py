@@ -64,6 +64,11 @@ class ClassDictionary:
         self.lut = np.full(256, self.ignore, dtype=np.uint8)
         for o in self.objects:
             self.lut[o.id] = o.trainId
+        # the label values a dataset may hold: the listed ids, and the ignore value itself (a label saved with 255
+        # where the dataset means "ignore"); any other value is a label the dictionary does not know
+        self.mapped = np.zeros(256, dtype=bool)
+        self.mapped[[o.id for o in self.objects]] = True
+        self.mapped[self.ignore] = True
         # names and colors per trainId: "names" if given, else the category of the first object of that trainId
         names = data.get("names")
         colors = np.zeros((self.classes, 3), dtype=np.uint8)

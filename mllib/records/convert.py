@@ -1,4 +1,4 @@
-"""Convert datasets in the store (COCO, Cityscapes) into a sharded TFRecord training set.
+"""Convert datasets in the store (any mllib.sources type: COCO, Cityscapes, folders, CVAT exports) into a sharded TFRecord training set.
 
     conv = Conversion(store, "coco", entries, classes="coco", shard_images=1000, jobs=2, seed=0)
     description = conv.run()
@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mllib import MllibError, layout
+from mllib import sources as msources
 from mllib.records import tfrecord
 from mllib.records.sources import Entry, Worker
 from mllib.store import Store
@@ -33,55 +34,18 @@ log = logging.getLogger(__name__)
 
 
 
-OPTIONAL = ("stuffpath", "classes_file", "labelpath")  # Entry fields that may be null
-
-
-def parse_entries(spec: str | list) -> list[Entry]:
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise MllibError(f"--datasets is not valid JSON: {e}") from None
-    if isinstance(spec, dict):
-        spec = [spec]
-    if not isinstance(spec, list) or not spec:
-        raise MllibError("--datasets must be a JSON list of objects ({\"jsonpath\": ..., \"imagepath\": ...}), "
-                         f"got {json.dumps(spec)[:80]}")
-    out = []
-    for n, d in enumerate(spec):
-        if not isinstance(d, dict):
-            raise MllibError(f"--datasets entry {n}: must be a JSON object, got {json.dumps(d)[:80]}")
-        unknown = set(d) - set(Entry.__dataclass_fields__)
-        if unknown:
-            raise MllibError(f"--datasets entry {n}: unknown field(s) {sorted(unknown)}")
-        wrong = sorted(k for k, v in d.items() if not (isinstance(v, str) or (v is None and k in OPTIONAL)))
-        if wrong:
-            raise MllibError(f"--datasets entry {n}: field(s) {wrong} must be strings")
-        e = Entry(**d)
-        if e.type not in ("coco", "cityscapes"):
-            raise MllibError(f"--datasets entry {n}: type must be 'coco' or 'cityscapes', got {e.type!r}")
-        if e.type == "coco" and not (e.jsonpath and e.imagepath):
-            raise MllibError(f"--datasets entry {n}: a coco entry needs 'jsonpath' and 'imagepath'")
-        if e.type == "cityscapes" and not (e.imagepath and e.labelpath):
-            raise MllibError(f"--datasets entry {n}: a cityscapes entry needs 'imagepath' and 'labelpath'")
-        out.append(e)
-    return out
+def parse_entries(spec: str | list, store: Store | None = None) -> list[Entry]:
+    """--datasets: a JSON list of source entries (mllib.sources.Spec), or a registered dataset's name."""
+    return msources.resolve(spec, store, what="--datasets")
 
 
 def default_entries(store: Store, dataset: str = "coco") -> list[Entry]:
     """COCO train2017 and val2017 instances, plus the matching stuff annotations when they are in the store."""
-    out = []
-    for split, set_name in (("train2017", "train"), ("val2017", "val")):
-        e = Entry(f"annotations/instances_{split}.json", split, set_name, dataset=dataset)
-        stuff = f"annotations/stuff_{split}.json"
-        if store.exists(e.key(stuff)):
-            e.stuffpath = stuff
-        if store.exists(e.key(e.jsonpath)):
-            out.append(e)
+    out = [msources.Spec(**{**e, "dataset": dataset}) for e in msources.NAMED["coco"](dataset, store)]
     if not out:
         raise MllibError(
-            f"no COCO annotations in {store.url_for(f'datasets/{dataset}/annotations/')}: run datasets/getcoco.py "
-            "first, or give --datasets"
+            f"no COCO annotations in {store.url_for(layout.dataset(dataset) + '/annotations/')}: run "
+            "datasets/getcoco.py first, or give --datasets"
         )
     return out
 
@@ -135,7 +99,7 @@ class Conversion:
     store: Store
     name: str
     entries: list[Entry]
-    classes_file: str = "coco"
+    classes_file: str | None = None  # the set's dictionary; None: the first entry's own, else coco.json
     shard_images: int = 1000
     jobs: int = 1
     crowd: str = "class"
@@ -168,8 +132,11 @@ class Conversion:
                     f"{main.classes}: give the entry a classes_file in the same class space"
                 )
         sets: dict[str, list[tuple[int, int]]] = {}
+        self.unpaired: dict[str, list[dict]] = {}
         for k, e in enumerate(self.entries):
             n = worker.items(k)
+            # files without a partner: an error naming them, or with skip_bad listed with the set's skipped items
+            self.unpaired.setdefault(e.set, []).extend(worker.source(k).check_pairs(self.skip_bad))
             sets.setdefault(e.set, []).extend((k, r) for r in range(n))
         config = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:16]
         plan: dict[str, list[dict]] = {}
@@ -304,7 +271,7 @@ class Conversion:
                 "length": sum(s["records"] for s in stats),
                 "shards": [{k: s[k] for k in ("name", "records", "bytes", "sha256")} for s in stats],
                 "pixels": present,
-                "skipped": [x for s in stats for x in s["skipped"]],
+                "skipped": [x for s in stats for x in s["skipped"]] + getattr(self, "unpaired", {}).get(set_name, []),
             }
         return {
             "name": self.name,

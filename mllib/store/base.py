@@ -118,6 +118,10 @@ class Store:
         """A streamed binary reader (read(n), close); use as a context manager."""
         raise NotImplementedError
 
+    def get_head(self, key: str, n: int) -> bytes:
+        """The object's first n bytes (all of it when shorter): an image's header without the whole image."""
+        return self.get_bytes(key)[:n]
+
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         raise NotImplementedError
 

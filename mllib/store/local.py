@@ -42,6 +42,10 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError):
             raise NotFound(f"{self.url_for(key)} does not exist") from None
 
+    def get_head(self, key: str, n: int) -> bytes:
+        with self.open(key) as f:
+            return f.read(n)
+
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")

@@ -189,6 +189,22 @@ class S3Store(Store):
                 body.close()
         raise AssertionError("unreachable")
 
+    def get_head(self, key: str, n: int) -> bytes:
+        """One ranged GET (bytes=0-(n-1)); the body is read whole, so the connection goes back to the pool."""
+        bx = _bx()
+        for attempt in range(4):
+            r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key),
+                           Range=f"bytes=0-{max(1, int(n)) - 1}")
+            try:
+                return r["Body"].read()
+            except (bx.BotoCoreError, OSError) as e:
+                if attempt == 3:
+                    raise self._error(e, "GetObject", key) from None
+                time.sleep(0.2 * 2**attempt)
+            finally:
+                r["Body"].close()
+        raise AssertionError("unreachable")
+
     def open(self, key: str) -> BinaryIO:
         r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key))
         return r["Body"]

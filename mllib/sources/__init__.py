@@ -1,0 +1,199 @@
+"""Sources: what a dataset in the store is, said once for the conversion, the PyTorch dataset, training and checks.
+
+    from mllib import sources, store
+    s = store.connect("s3://coco")
+    src = sources.open_source(s, {"type": "folder", "imagepath": "datasets/own/images",
+                                  "labelpath": "datasets/own/masks", "classes_file": "datasets/own/own.json"})
+    key, source_id, where = src.item(0)
+    label = src.label(0, h, w, where, src.fetch(0))          # uint8 trainIds, 255 ignore
+
+    base.py     Spec (one entry's fields), Source (the interface), the registry of types, label readers
+    coco.py     "coco": COCO instance (+ stuff) JSON, labels rendered
+    folder.py   "folder": images + label PNGs paired by stem (index, palette, 16-bit or colour labels);
+                "cityscapes": the same with Cityscapes' file names
+    cvat.py     "cvat": CVAT's "Segmentation mask 1.1" export (labelmap.txt colours)
+    check.py    what checkdataset.py reports: label values, pairs, sizes, class frequencies and weights
+
+A dataset is a list of specs (JSON, as cocorecord's --datasets and network2d's --source take them) or a registered
+name (`named()`: "coco", "cityscapes"), plus a class dictionary per entry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from mllib import layout
+from mllib.labels import classes as mclasses
+from mllib.sources import coco, cvat, folder  # noqa: F401 - registers the types
+from mllib.sources.base import (LabelError, MissingLabel, Source, SourceError, Spec, UnmappedLabel, get, load_classes,
+                                parse_specs, register, types)
+from mllib.store import Store
+
+__all__ = ["Concat", "LabelError", "MissingLabel", "Source", "SourceError", "Spec", "UnmappedLabel", "entry_classes",
+           "get", "load_classes", "named", "names", "open_source", "open_sources", "parse_specs", "register",
+           "resolve", "set_classes", "types"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# registered names
+# ---------------------------------------------------------------------------------------------------------------
+def _coco(dataset: str = "coco", store: Store | None = None) -> list[dict]:
+    out = []
+    for split, set_name in (("train2017", "train"), ("val2017", "val")):
+        e = {"type": "coco", "dataset": dataset, "set": set_name, "jsonpath": f"annotations/instances_{split}.json",
+             "imagepath": split}
+        if store is not None and store.exists(layout.coco_stuff(dataset, split)):
+            e["stuffpath"] = f"annotations/stuff_{split}.json"
+        if store is None or store.exists(layout.coco_instances(dataset, split)):
+            out.append(e)
+    return out
+
+
+def _cityscapes(dataset: str = "cityscapes", store: Store | None = None) -> list[dict]:
+    return [{"type": "cityscapes", "dataset": dataset, "set": s, "imagepath": f"leftImg8bit/{s}",
+             "labelpath": f"gtFine/{s}"} for s in ("train", "val")]
+
+
+NAMED = {"coco": _coco, "cityscapes": _cityscapes}
+
+
+def names() -> list[str]:
+    return sorted(NAMED)
+
+
+def named(name: str, store: Store | None = None) -> list[Spec]:
+    """The specs of a registered dataset (its sets as the download scripts store them)."""
+    try:
+        make = NAMED[name]
+    except KeyError:
+        raise SourceError(f"no registered dataset {name!r}: one of {', '.join(names())}, or a JSON source list") \
+            from None
+    return parse_specs(make(store=store), name)
+
+
+def resolve(ref, store: Store | None = None, split: str | None = None, what: str = "--source") -> list[Spec]:
+    """Specs from a registered name, JSON text, a dict / Spec or a list of them; `split` keeps the entries of one
+    set ("train", "val")."""
+    if isinstance(ref, str) and re.fullmatch(r"\s*[A-Za-z0-9][\w.-]*\s*", ref):
+        specs = named(ref.strip(), store)
+    else:
+        specs = parse_specs(ref, what)
+    if split is not None:
+        kept = [s for s in specs if s.set == split]
+        if not kept:
+            raise SourceError(f"{what}: no entry with set {split!r} (sets: {', '.join(sorted({s.set for s in specs}))})")
+        specs = kept
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# opening sources with their dictionaries
+# ---------------------------------------------------------------------------------------------------------------
+def entry_classes(store: Store, spec: Spec, main: mclasses.ClassDictionary | None) -> mclasses.ClassDictionary:
+    """The dictionary an entry's labels are mapped through: its classes_file, else what its type brings (CVAT's
+    labelmap), else its type's default (Cityscapes: cityscapes_coco), else the set's."""
+    if spec.classes_file:
+        return load_classes(store, spec.classes_file, spec)
+    cls = get(spec.type)
+    native = cls.native_classes(store, spec)
+    if native is not None:
+        return native
+    default = getattr(cls, "default_classes", None)
+    if default:
+        return mclasses.load(default)
+    return main if main is not None else mclasses.load("coco")
+
+
+def set_classes(store: Store, specs: list[Spec], classes_file=None) -> mclasses.ClassDictionary:
+    """The dictionary of a set made of `specs`: classes_file when given, else the first entry's own (its
+    classes_file or its type's), else coco.json (the seed's)."""
+    if classes_file is not None:
+        return load_classes(store, classes_file, specs[0] if specs else None)
+    first = specs[0] if specs else None
+    if first is not None and (first.classes_file or get(first.type).brings_classes):
+        return entry_classes(store, first, None)
+    return mclasses.load("coco")
+
+
+def open_source(store: Store, spec, main: mclasses.ClassDictionary | None = None, crowd: str = "class") -> Source:
+    """One entry opened: its items listed (or its index loaded) and its dictionary loaded."""
+    spec = parse_specs(spec)[0] if not isinstance(spec, Spec) else spec
+    return get(spec.type)(store, spec, entry_classes(store, spec, main), crowd=crowd)
+
+
+class Concat(Source):
+    """Several sources as one: their items one after the other (all mapped into one class space)."""
+
+    type = "concat"
+
+    def __init__(self, parts: list[Source]):
+        first = parts[0]
+        super().__init__(first.store, first.spec, first.classes)
+        for p in parts[1:]:
+            if p.classes.classes != first.classes.classes:
+                raise SourceError(f"{p.describe()} maps into {p.classes.classes} classes ({p.classes.name}), "
+                                  f"{first.describe()} into {first.classes.classes}: give the entries classes_files "
+                                  "in one class space")
+        self.parts = parts
+        self.starts = [0]
+        for p in parts:
+            self.starts.append(self.starts[-1] + len(p))
+        self.unpaired = [u for p in parts for u in p.unpaired]
+
+    def _at(self, row: int) -> tuple[Source, int]:
+        import bisect
+
+        k = bisect.bisect_right(self.starts, row) - 1
+        return self.parts[k], row - self.starts[k]
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def item(self, row):
+        p, r = self._at(row)
+        return p.item(r)
+
+    def label_key(self, row):
+        p, r = self._at(row)
+        return p.label_key(r)
+
+    def fetch(self, row):
+        p, r = self._at(row)
+        return p.fetch(r)
+
+    def size(self, row):
+        p, r = self._at(row)
+        return p.size(r)
+
+    def label(self, row, h, w, where, fetched=None):
+        p, r = self._at(row)
+        return p.label(r, h, w, where, fetched)
+
+    def inspect(self, row, fetched, hw):
+        p, r = self._at(row)
+        return p.inspect(r, fetched, hw)
+
+    def identity(self) -> bytes:
+        import hashlib
+
+        h = hashlib.sha256()
+        for p in self.parts:
+            h.update(p.identity())
+        return h.digest()
+
+    def describe(self) -> str:
+        return " + ".join(p.describe() for p in self.parts)
+
+
+def open_sources(store: Store, specs, classes_file=None, crowd: str = "class") -> Source:
+    """A set's entries opened as one source (one entry: that source itself), in the set's dictionary."""
+    specs = resolve(specs, store) if not (isinstance(specs, list) and all(isinstance(s, Spec) for s in specs)) \
+        else specs
+    main = set_classes(store, specs, classes_file)
+    parts = [get(s.type)(store, s, entry_classes(store, s, main), crowd=crowd) for s in specs]
+    return parts[0] if len(parts) == 1 else Concat(parts)
+
+
+def spec_json(specs: list[Spec]) -> str:
+    return json.dumps([s.to_dict() for s in specs])

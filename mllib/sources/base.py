@@ -1,0 +1,398 @@
+"""What a source is: its configuration (Spec), the interface every type implements (Source), the registry of
+types, and the label readers they share (index PNGs through Pillow, colour PNGs through a colour table).
+
+A Source is the items of one set of one dataset in the store, in a fixed order (sorted keys, or the annotation
+file's order). For item `row`:
+
+    item(row)                     (image key, source id, how errors name it)
+    fetch(row)                    {"image": bytes | None, "label": bytes | None}: what label() reads, fetched
+                                  (None for an object missing from the store); read ahead by the conversion and the
+                                  PyTorch dataset
+    label(row, h, w, where, f)    the label of trainIds (uint8 HxW, the dictionary's ignore value where ignored),
+                                  from the fetched bytes; LabelError naming the file for a label that cannot be
+                                  trusted (unmapped values, a size that differs from the image's, unreadable)
+    size(row)                     the image's (h, w) where the source knows it without reading it (COCO), else None
+    inspect(row, f)               what checkdataset reports of the item (label values, trainId pixel counts)
+
+plus `classes` (the dictionary the labels are mapped through), `unpaired` (files with no partner: labels without
+images, split-list names without an image) and `identity()` (bytes that change when the items change).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import numpy as np
+
+from mllib import MllibError, images, layout
+from mllib.labels import classes as mclasses
+from mllib.labels.render import LabelError
+from mllib.store import NotFound, Store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LABEL_FORMATS", "ColorTable", "LabelError", "MissingLabel", "Source", "SourceError", "Spec",
+           "UnmappedLabel", "get", "load_classes", "parse_specs", "register", "types"]
+
+LABEL_FORMATS = ("auto", "index", "color")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class SourceError(MllibError):
+    """A source that cannot be read as configured: names the entry, the field and the fix."""
+
+
+class MissingLabel(LabelError):
+    """An image whose label is not in the store."""
+
+
+class UnmappedLabel(LabelError):
+    """A label holding values (or colours) the class dictionary does not map: `values` {value: pixels}."""
+
+    def __init__(self, message: str, values: dict):
+        super().__init__(message)
+        self.values = values
+
+
+@dataclass
+class Spec:
+    """One entry of a source list (cocorecord's --datasets, network2d's --source): the seed's {jsonpath, imagepath,
+    name_decoration, set} plus what the other types need. Relative paths are below datasets/<dataset>/; a path that
+    starts with datasets/ is a whole key; with dataset "" every path is a whole key."""
+
+    type: str = "coco"
+    dataset: str = "coco"
+    set: str = "train"
+    imagepath: str = ""
+    labelpath: str | None = None
+    jsonpath: str = ""
+    stuffpath: str | None = None
+    name_decoration: str = ""
+    classes_file: str | None = None
+    image_suffix: str | None = None
+    label_suffix: str | None = None
+    split_file: str | None = None
+    label_format: str = "auto"
+
+    def key(self, path: str) -> str:
+        path = path.strip("/")
+        if not self.dataset or path.startswith(layout.DATASETS + "/"):
+            return path
+        return f"{layout.dataset(self.dataset)}/{path}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_TYPES: dict[str, type[Source]] = {}
+
+
+def register(cls: type[Source]) -> type[Source]:
+    """Class decorator: make a Source type available under its `type` name."""
+    _TYPES[cls.type] = cls
+    return cls
+
+
+def types() -> list[str]:
+    return sorted(_TYPES)
+
+
+def get(type_name: str) -> type[Source]:
+    try:
+        return _TYPES[type_name]
+    except KeyError:
+        raise SourceError(f"unknown source type {type_name!r}: one of {', '.join(types())}") from None
+
+
+OPTIONAL = {f.name for f in fields(Spec) if f.default is None}
+
+
+def parse_specs(spec, what: str = "--datasets") -> list[Spec]:
+    """Specs from JSON text, one object or a list of objects; each field checked against its type's needs."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{what} is not valid JSON: {e}") from None
+    if isinstance(spec, dict | Spec):
+        spec = [spec]
+    if not isinstance(spec, list) or not spec:
+        raise SourceError(f"{what} must be a JSON list of objects ({{\"type\": ..., \"imagepath\": ...}}), "
+                          f"got {json.dumps(spec)[:80]}")
+    out = []
+    known = {f.name for f in fields(Spec)}
+    for n, d in enumerate(spec):
+        if isinstance(d, Spec):
+            d = d.to_dict()
+        if not isinstance(d, dict):
+            raise SourceError(f"{what} entry {n}: must be a JSON object, got {json.dumps(d)[:80]}")
+        unknown = set(d) - known
+        if unknown:
+            raise SourceError(f"{what} entry {n}: unknown field(s) {sorted(unknown)}; the fields are "
+                              f"{', '.join(sorted(known))}")
+        wrong = sorted(k for k, v in d.items() if not (isinstance(v, str) or (v is None and k in OPTIONAL)))
+        if wrong:
+            raise SourceError(f"{what} entry {n}: field(s) {wrong} must be strings")
+        s = Spec(**d)
+        cls = get(s.type) if s.type in _TYPES else None
+        if cls is None:
+            raise SourceError(f"{what} entry {n}: type must be one of {', '.join(types())}, got {s.type!r}")
+        missing = [f for f in cls.required if not getattr(s, f)]
+        if missing:
+            raise SourceError(f"{what} entry {n}: a {s.type} entry needs {' and '.join(repr(f) for f in missing)}")
+        if s.label_format not in LABEL_FORMATS:
+            raise SourceError(f"{what} entry {n}: label_format must be one of {', '.join(LABEL_FORMATS)}, got "
+                              f"{s.label_format!r}")
+        out.append(s)
+    return out
+
+
+def load_classes(store: Store | None, ref, spec: Spec | None = None) -> mclasses.ClassDictionary:
+    """A class dictionary from a dict, a name in mllib/datasets, a local file, or a key in the store (relative to the
+    entry's dataset folder, or a whole key)."""
+    if isinstance(ref, mclasses.ClassDictionary | dict):
+        return mclasses.load(ref)
+    s = str(ref)
+    if os.path.exists(s) or s in mclasses.available() or (s.endswith(".json") and s[:-5] in mclasses.available()
+                                                           and "/" not in s):
+        return mclasses.load(s)
+    if store is not None:
+        for key in dict.fromkeys(([spec.key(s)] if spec is not None else []) + [s.strip("/")]):
+            try:
+                data = store.get_bytes(key)
+            except (NotFound, ValueError):
+                continue
+            try:
+                return mclasses.ClassDictionary(json.loads(data), source=store.url_for(key))
+            except json.JSONDecodeError as e:
+                raise mclasses.ClassDictionaryError(f"class dictionary {store.url_for(key)}: not valid JSON ({e})") \
+                    from None
+    raise mclasses.ClassDictionaryError(
+        f"class dictionary {s!r} not found: give a name ({', '.join(mclasses.available())}), a local file, or a key "
+        "in the store")
+
+
+class Source:
+    """Base of the source types; see the module docstring for the interface."""
+
+    type: ClassVar[str] = ""
+    required: ClassVar[tuple[str, ...]] = ()
+    brings_classes: ClassVar[bool] = False  # native_classes() gives the type's own dictionary (CVAT's labelmap)
+
+    def __init__(self, store: Store, spec: Spec, classes: mclasses.ClassDictionary):
+        self.store, self.spec, self.classes = store, spec, classes
+        self.unpaired: list[dict] = []  # {"key", "reason"}: files with no partner
+
+    @classmethod
+    def native_classes(cls, store: Store, spec: Spec) -> mclasses.ClassDictionary | None:
+        """The dictionary the type brings with it (CVAT's labelmap.txt), used when the entry names none."""
+        return None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def item(self, row: int) -> tuple[str, str, str]:
+        raise NotImplementedError
+
+    def label_key(self, row: int) -> str | None:
+        return None
+
+    def fetch(self, row: int) -> dict:
+        lk = self.label_key(row)
+        return {"image": _get(self.store, self.item(row)[0]), "label": _get(self.store, lk) if lk else None}
+
+    def size(self, row: int) -> tuple[int, int] | None:
+        return None
+
+    def label(self, row: int, h: int, w: int, where: str, fetched: dict | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def inspect(self, row: int, fetched: dict, hw: tuple[int, int] | None) -> dict:
+        """{"train": trainId pixel counts (256), "values": {unmapped value: pixels}, "binary": bool} of the item's
+        label, or LabelError; `hw` is the image's size when known (a mismatch is a LabelError)."""
+        raise NotImplementedError
+
+    def identity(self) -> bytes:
+        raise NotImplementedError
+
+    def check_pairs(self, skip_bad: bool) -> list[dict]:
+        """The unpaired files: an error naming the first unless skip_bad (then they are returned, to be listed)."""
+        if self.unpaired and not skip_bad:
+            first = "; ".join(f"{u['key']}: {u['reason']}" for u in self.unpaired[:3])
+            more = f" (and {len(self.unpaired) - 3} more)" if len(self.unpaired) > 3 else ""
+            raise SourceError(f"{len(self.unpaired)} unpaired file(s) in {self.describe()}: {first}{more}; "
+                              "skip_bad (--skip_bad) leaves them out, checkdataset.py lists them all")
+        return list(self.unpaired)
+
+    def describe(self) -> str:
+        return f"{self.type} source {self.store.url_for(self.spec.key(self.spec.imagepath or self.spec.jsonpath))}"
+
+
+def _get(store: Store, key: str) -> bytes | None:
+    """An object's bytes, or None when it is not in the store (the item is then skipped and listed)."""
+    try:
+        return store.get_bytes(key)
+    except NotFound:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# label images
+# ---------------------------------------------------------------------------------------------------------------
+def read_label(data: bytes, key: str, fmt: str = "auto") -> tuple[np.ndarray, bool]:
+    """(array, is_colour) of a label PNG: a palette PNG's indices (never its colours), 8- or 16-bit grey values,
+    or with fmt "color" (or "auto" for an RGB PNG) its RGB colours (HxWx3; a palette PNG's colours then)."""
+    from PIL import Image
+
+    try:
+        kind, h, w, _ = images.info(data)
+    except images.ImageError as e:
+        raise LabelError(f"label {key} is unreadable: {e}") from None
+    if kind not in ("png", "png-other"):
+        raise LabelError(f"label {key} is a {kind.upper()}; labels must be PNG (a lossy format changes values)")
+    images.check_size(h, w)
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for a broken file
+        raise LabelError(f"label {key} is unreadable: {type(e).__name__}: {str(e)[:200]}") from None
+    mode = im.mode
+    if fmt == "color" or (fmt == "auto" and mode in ("RGB", "RGBA")):
+        if mode not in ("RGB", "RGBA", "P"):
+            raise LabelError(f"label {key} is a {mode} PNG; label_format 'color' needs an RGB or palette PNG")
+        return np.asarray(im.convert("RGB")), True
+    if mode in ("P", "L"):
+        return np.asarray(im), False
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im)
+        if a.min() < 0 or a.max() > 65535:
+            raise LabelError(f"label {key} holds values outside 0..65535")
+        return a.astype(np.uint16, copy=False), False
+    if mode in ("RGB", "RGBA"):
+        raise LabelError(f"label {key} is an {mode} colour PNG; label_format 'index' needs a single-channel (L, P "
+                         "or 16-bit) PNG: use label_format 'color' to map its colours through the class dictionary")
+    raise LabelError(f"label {key} is a PNG of mode {mode}, not an index (L, P, 16-bit) or colour (RGB) label")
+
+
+def value_counts(ids: np.ndarray) -> np.ndarray:
+    """Pixels per value of an index label (256 entries for uint8, 65536 for uint16)."""
+    return np.bincount(ids.ravel(), minlength=256 if ids.dtype == np.uint8 else 65536)
+
+
+def unmapped_values(counts: np.ndarray, d: mclasses.ClassDictionary) -> dict[int, int]:
+    """{value: pixels} of the values that `d` does not map (neither a listed id nor its ignore value)."""
+    present = np.flatnonzero(counts)
+    return {int(v): int(counts[v]) for v in present if v > 255 or not d.mapped[v]}
+
+
+def is_binary_mask(counts: np.ndarray, d: mclasses.ClassDictionary) -> bool:
+    """A label of only 0 and 255 where 255 is the dictionary's ignore and no class: most likely a mask saved as
+    0/255 whose objects would all be ignored."""
+    present = set(np.flatnonzero(counts).tolist())
+    return present == {0, 255} and d.ignore == 255 and not any(o.id == 255 for o in d.objects)
+
+
+def describe_values(values: dict, colour: bool = False) -> str:
+    items = sorted(values.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{_value_name(v, colour)} ({n:,d} px)" for v, n in items[:6])
+    return shown + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+
+
+def _value_name(v, colour: bool) -> str:
+    return f"#{int(v):06x}" if colour else str(v)
+
+
+def rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 -> HxW int32 colour codes r << 16 | g << 8 | b."""
+    rgb = rgb.astype(np.int32, copy=False)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+class ColorTable:
+    """Colours to label ids: each colour of a label image must be in the table (else UnmappedLabel)."""
+
+    def __init__(self, colors: dict[tuple[int, int, int], int], name: str):
+        self.name = name
+        pairs = sorted(((c[0] << 16) | (c[1] << 8) | c[2], i) for c, i in colors.items())
+        self.codes = np.array([p[0] for p in pairs], np.int32)
+        self.ids = np.array([p[1] for p in pairs], np.int64)
+
+    @classmethod
+    def of_dictionary(cls, d: mclasses.ClassDictionary) -> ColorTable:
+        """Each object's colour -> its id; objects sharing a colour must share a trainId (else the colour is
+        ambiguous: ClassDictionaryError naming both)."""
+        table: dict[tuple[int, int, int], mclasses.ClassObject] = {}
+        for o in d.objects:
+            first = table.setdefault(o.color, o)
+            if first.trainId != o.trainId:
+                raise mclasses.ClassDictionaryError(
+                    f"class dictionary {d.name}: colour {list(o.color)} is given to {first.name!r} (trainId "
+                    f"{first.trainId}) and {o.name!r} (trainId {o.trainId}): colour labels cannot tell them apart")
+        return cls({c: o.id for c, o in table.items()}, d.name)
+
+    def ids_of(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+        """(uint8 id image, {unmapped colour code: pixels})."""
+        codes = rgb_codes(rgb)
+        pos = np.searchsorted(self.codes, codes)
+        np.minimum(pos, len(self.codes) - 1, out=pos)
+        ok = self.codes[pos] == codes
+        bad: dict[int, int] = {}
+        if not ok.all():
+            vals, counts = np.unique(codes[~ok], return_counts=True)
+            bad = {int(v): int(c) for v, c in zip(vals, counts, strict=True)}
+        return self.ids[pos].astype(np.uint8), bad
+
+
+class LabelReader:
+    """Label bytes -> trainIds for the sources whose labels are images: index values through the dictionary's lookup
+    table, or colours through a ColorTable first; values it does not map are an UnmappedLabel naming the file."""
+
+    def __init__(self, d: mclasses.ClassDictionary, fmt: str, colors: ColorTable | None):
+        self.d, self.fmt, self._colors = d, fmt, colors
+        self.binary_warned = False
+
+    @property
+    def colors(self) -> ColorTable:
+        if self._colors is None:
+            self._colors = ColorTable.of_dictionary(self.d)
+        return self._colors
+
+    def ids(self, data: bytes, key: str) -> tuple[np.ndarray, dict, bool, bool]:
+        """(id image, {unmapped value (or colour code): pixels}, is_colour, is a 0/255 mask) of label bytes."""
+        arr, colour = read_label(data, key, self.fmt)
+        if colour:
+            ids, bad = self.colors.ids_of(arr)
+            return ids, bad, True, False
+        counts = value_counts(arr)
+        return arr, unmapped_values(counts, self.d), False, is_binary_mask(counts, self.d)
+
+    def train_ids(self, data: bytes, key: str, hw: tuple[int, int] | None) -> np.ndarray:
+        ids, bad, colour, binary = self.ids(data, key)
+        check_shape(ids, key, hw)
+        if bad:
+            raise UnmappedLabel(unmapped_message(key, self.d, bad, colour), bad)
+        if binary and not self.binary_warned:
+            self.binary_warned = True
+            log.warning("%s", binary_warning(key, self.d))
+        return self.d.lut[ids]
+
+
+def unmapped_message(key: str, d: mclasses.ClassDictionary, bad: dict, colour: bool) -> str:
+    return (f"label {key} holds {'colours' if colour else 'values'} that class dictionary {d.name} does not map: "
+            f"{describe_values(bad, colour)}")
+
+
+def binary_warning(key: str, d: mclasses.ClassDictionary) -> str:
+    return (f"label {key} holds only 0 and 255, and 255 is the ignore value of class dictionary {d.name}: its "
+            "foreground is ignored in training. If 255 marks objects, map it (an object with id 255) or save the "
+            "masks with class ids (0/1)")
+
+
+def check_shape(ids: np.ndarray, key: str, hw: tuple[int, int] | None) -> None:
+    if hw is not None and tuple(ids.shape[:2]) != tuple(hw):
+        raise LabelError(f"label {key} is {ids.shape[0]}x{ids.shape[1]} but its image is {hw[0]}x{hw[1]}")
