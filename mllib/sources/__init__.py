@@ -26,8 +26,19 @@ import re
 from mllib import layout
 from mllib.labels import classes as mclasses
 from mllib.sources import coco, cvat, folder  # noqa: F401 - registers the types
-from mllib.sources.base import (LabelError, MissingLabel, Source, SourceError, Spec, UnmappedLabel, get, load_classes,
-                                parse_specs, register, types)
+from mllib.sources.base import (
+    LabelError,
+    MissingLabel,
+    Source,
+    SourceError,
+    Spec,
+    UnmappedLabel,
+    get,
+    load_classes,
+    parse_specs,
+    register,
+    types,
+)
 from mllib.store import Store
 
 __all__ = ["Concat", "LabelError", "MissingLabel", "Source", "SourceError", "Spec", "UnmappedLabel", "entry_classes",

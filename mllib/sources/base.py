@@ -65,15 +65,15 @@ class Spec:
     name_decoration, set} plus what the other types need. Relative paths are below datasets/<dataset>/; a path that
     starts with datasets/ is a whole key; with dataset "" every path is a whole key."""
 
-    type: str = "coco"
-    dataset: str = "coco"
-    set: str = "train"
+    jsonpath: str = ""  # the first nine fields in the seed's order (Entry(jsonpath, imagepath, set) still works)
     imagepath: str = ""
-    labelpath: str | None = None
-    jsonpath: str = ""
-    stuffpath: str | None = None
+    set: str = "train"
     name_decoration: str = ""
+    stuffpath: str | None = None
+    dataset: str = "coco"
     classes_file: str | None = None
+    type: str = "coco"
+    labelpath: str | None = None
     image_suffix: str | None = None
     label_suffix: str | None = None
     split_file: str | None = None

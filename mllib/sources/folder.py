@@ -27,8 +27,17 @@ import hashlib
 import numpy as np
 
 from mllib.labels import classes as mclasses
-from mllib.sources.base import (IMAGE_SUFFIXES, ColorTable, LabelReader, MissingLabel, Source, SourceError, Spec,
-                                check_shape, register)
+from mllib.sources.base import (
+    IMAGE_SUFFIXES,
+    ColorTable,
+    LabelReader,
+    MissingLabel,
+    Source,
+    SourceError,
+    Spec,
+    check_shape,
+    register,
+)
 from mllib.store import NotFound, Store
 
 
