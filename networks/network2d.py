@@ -1,4 +1,4 @@
-"""Train a compact UNet segmentation network on COCO straight from the object store (CocoDataset).
+"""Train a compact UNet segmentation network straight from the object store (SegmentationDataset).
 
     python3 networks/network2d.py --store s3://coco --epochs 10 --batch_size 16 --num_workers 8 --amp
 
@@ -7,6 +7,11 @@ val2017 after each epoch (per-class IoU, mIoU), appends metrics to runs/<model_n
 checkpoints to models/<model_name>/checkpoint.pt in the store; a line per epoch like
 
     epoch 0: loss 0.4121, val mIoU 0.3817, 212.4 images/s, data wait 3%
+
+Any source (mllib/sources): a registered name or a JSON list of entries; entries with "set": "val" validate:
+
+    python3 networks/network2d.py --store s3://data --source '[{"type": "folder", "imagepath": "datasets/own/images",
+        "labelpath": "datasets/own/masks", "classes_file": "datasets/own/own.json", "set": "train"}]'
 
 Several GPUs or nodes: torchrun --nproc_per_node N networks/network2d.py ... (DistributedDataParallel).
 

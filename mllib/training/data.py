@@ -1,8 +1,9 @@
-"""The training data: datasets and DataLoaders as a TrainConfig asks for them (network2d.py's --records or the
-COCO JSON in the store), in the compact form: uint8 images and labels, normalized later on the device.
+"""The training data: datasets and DataLoaders as a TrainConfig asks for them (network2d.py's --records, --source
+or the COCO JSON in the store), in the compact form: uint8 images and labels, normalized later on the device.
 
-A records set trains on its "train" set and validates on its "val" set; a COCO set on --trainingset and --valset,
-or a fixed held-out fraction of the training images when --valset is ''. A COCO set's training order comes from an
+A records set trains on its "train" set and validates on its "val" set; a source (mllib.sources) trains on its
+entries whose set is not "val" and validates on those that are; a COCO set on --trainingset and --valset; without
+validation entries (or with --valset ''), on a fixed held-out fraction of the training images. A COCO set's training order comes from an
 EpochSampler (a pure function of seed, epoch, rank and world size), a records set is split by shards over ranks and
 workers (every rank the same number of samples); either way the data position is what mllib.training.position
 saves in a checkpoint.
@@ -18,9 +19,11 @@ import numpy as np
 import torch
 
 from mllib import MllibError
+from mllib import sources as msources
 from mllib.augment import Augment
 from mllib.loaders.ahead import ReadAheadBatches, Rows
 from mllib.loaders.cocodataset import CocoDataset, worker_init_fn
+from mllib.loaders.segdataset import SegmentationDataset
 from mllib.loaders.slots import SlotCollate
 from mllib.store import Store
 from mllib.training.position import EpochSampler, RecordsTracker, SamplesTracker
@@ -40,15 +43,37 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
         val = RecordsDataset(store, cfg.records, "val", augment=_augment(False), shuffle=False, **common) \
             if "val" in train.description["sets"] else None
         return train, val
-    common = dict(class_dictionary=class_dict, height=cfg.height, width=cfg.width, imflags=cfg.imflags,
-                  astype="uint8", normalize="none", label_dtype="uint8", skip_bad=cfg.skip_bad,
-                  fetch_threads=cfg.fetch_threads, s3=store, bucket=cfg.bucket)
+    output = dict(height=cfg.height, width=cfg.width, imflags=cfg.imflags, astype="uint8", normalize="none",
+                  label_dtype="uint8", skip_bad=cfg.skip_bad, fetch_threads=cfg.fetch_threads)
+    if cfg.source:
+        return _source_datasets(cfg, store, class_dict, output)
+    common = dict(class_dictionary=class_dict or "coco", s3=store, bucket=cfg.bucket, **output)
     train = CocoDataset(dataset_desc=cfg.trainingset, image_paths=cfg.train_image_path, seed=cfg.seed, **common)
     if cfg.valset:
         val = CocoDataset(dataset_desc=cfg.valset, image_paths=cfg.val_image_path or cfg.train_image_path,
                           augment=_augment(False), seed=0, **common)
         return train, val
-    # no separate validation set: hold out a fixed fraction of the training images (the index is shared)
+    return held_out(cfg, train)
+
+
+def _source_datasets(cfg, store: Store, class_dict, output: dict):
+    """(train, val) from --source: entries with set "val" validate, the others train (all in one class space)."""
+    st = store.with_bucket(cfg.bucket) if cfg.bucket else store
+    specs = msources.resolve(cfg.source, st)
+    classes = msources.set_classes(st, specs, class_dict)
+    train_specs = [s for s in specs if s.set != "val"]
+    val_specs = [s for s in specs if s.set == "val"]
+    if not train_specs:
+        raise MllibError("--source has no training entries (every entry has set 'val')")
+    train = SegmentationDataset(st, train_specs, classes=classes, seed=cfg.seed, **output)
+    if val_specs:
+        val = SegmentationDataset(st, val_specs, classes=classes, augment=_augment(False), seed=0, **output)
+        return train, val
+    return held_out(cfg, train)
+
+
+def held_out(cfg, train):
+    """No separate validation set: hold out a fixed fraction of the training images (the source is shared)."""
     n = len(train)
     order = np.random.default_rng(0).permutation(n)
     n_val = max(1, int(round(n * cfg.val_fraction))) if n > 1 and cfg.val_fraction > 0 else 0
@@ -112,7 +137,7 @@ def tracker(cfg, train_ds, sampler):
     if sampler is None:
         return RecordsTracker(train_ds, cfg.num_workers, cfg.batch_size, records_drop_last(cfg, train_ds))
     base = base_dataset(train_ds)
-    h = hashlib.sha256(np.ascontiguousarray(base.index.image_id).tobytes())
+    h = hashlib.sha256(base.identity())
     if isinstance(train_ds, torch.utils.data.Subset):
         h.update(np.asarray(train_ds.indices, np.int64).tobytes())
     h.update(base.classes.lut.tobytes())  # the same images under another class mapping are other data

@@ -67,9 +67,13 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "held-out fraction when --valset is ''",
                                   check=Range(0, 1, hi_open=True, real=True))
     bucket: str | None = setting(None, "bucket overriding the store's (as in the seed)", alias=True)
+    source: str | None = setting(None, "train from this source instead of the COCO JSON flags: a registered name "
+                                 "(coco, cityscapes) or a JSON list of source entries (README: 'Sources'); entries "
+                                 "with set 'val' validate, the others train")
     records: str | None = setting(None, "train from this TFRecord set (trainingsets/NAME, cocorecord.py) instead of "
                                   "the COCO JSON (its 'train' and 'val' sets)")
-    class_dictionary: str = setting("coco", "class dictionary name or path", alias=True)
+    class_dictionary: str | None = setting(None, "class dictionary name or path (default: coco, or with --source "
+                                           "the first entry's)", alias=True)
     height: int = setting(512, "training crop height", alias=True, check=SIZE)
     width: int = setting(512, "training crop width", alias=True, check=SIZE)
     imflags: int = setting(1, "cv2 imread flags (1 color, 0 gray)", alias=True)
@@ -117,6 +121,8 @@ class TrainConfig:
             raise MllibError(f"--device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
         if self.records is not None:
             NAME.require("--records", self.records)
+        if self.records is not None and self.source is not None:
+            raise MllibError("--source and --records are two ways to give the data: use one")
         if self.unordered and self.checkpoint_every:
             raise MllibError("--unordered takes batches in the order workers finish them, so a step count does not "
                              "say which were consumed: use --checkpoint_every 0 with it (checkpoints at epoch ends)")
@@ -131,7 +137,7 @@ LIMITS = {f.name: f.metadata["check"] for f in fields(TrainConfig) if f.metadata
 # what a resumed run must share with its checkpoint (the data, its order and the model); anything else may change:
 # --num_workers and the number of ranks (the position is elastic), --epochs, --max_steps, --prefetch, the
 # checkpoint and logging flags, --device, --amp
-RESUME_FIXED = ("trainingset", "train_image_path", "valset", "val_image_path", "val_fraction", "records",
+RESUME_FIXED = ("trainingset", "train_image_path", "valset", "val_image_path", "val_fraction", "source", "records",
                 "class_dictionary", "height", "width", "imflags", "batch_size", "seed", "skip_bad", "normalize",
                 "model_width", "model_depth")
 
@@ -486,8 +492,8 @@ def fit(cfg: TrainConfig, store: Store) -> dict | None:
     with process_group() as (rank, world, local_rank):
         device = pick_device(cfg.device, local_rank)
         torch.manual_seed(cfg.seed + rank)
-        class_dict = classes.load(cfg.class_dictionary)
-        train_ds, val_ds = datasets(cfg, store, class_dict, rank, world)
+        train_ds, val_ds = datasets(cfg, store, cfg.class_dictionary, rank, world)
+        class_dict = base_dataset(train_ds).classes if cfg.source else classes.load(cfg.class_dictionary or "coco")
         train_loader, sampler, val_loader = loaders(cfg, train_ds, val_ds, device, rank, world)
         in_ch = 1 if cfg.imflags == 0 else 3
         model = UNet(in_ch, class_dict.classes, width=cfg.model_width, depth=cfg.model_depth).to(device)
