@@ -7,8 +7,10 @@
     >>> label = d.lut[id_image]         # remap a whole id image with one table lookup
 
 Format (the seed's): {"background": 0, "ignore": 255, "classes": 4, "names": [...optional, per trainId],
-"objects": [{"id", "name", "trainId", "category", "display", "color": [r, g, b]}, ...]}.
-Ids that no object lists map to the ignore value.
+"objects": [{"id", "name", "trainId", "category", "display", "color": [r, g, b]}, ...]}, and optionally
+"ignore_color": [r, g, b], the colour that means ignore in colour-coded label images.
+Ids that no object lists map to the ignore value; a label holding such an id (other than the ignore value itself) is
+refused by the sources (mllib.sources) as unmapped.
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ def validate(d: dict, source: str = "<dict>") -> None:
         fail(f"'ignore' must be an integer 0..255, got {ignore!r}")
     if not (d["background"] == ignore or 0 <= d["background"] < classes):
         fail(f"'background' {d['background']!r} must be < classes ({classes}) or the ignore value")
+    ic = d.get("ignore_color")
+    if ic is not None and not (isinstance(ic, list) and len(ic) == 3 and all(isinstance(v, int) and 0 <= v <= 255
+                                                                            for v in ic)):
+        fail(f"'ignore_color' must be an RGB triple of integers 0..255, got {ic!r}")
     if "names" in d and (not isinstance(d["names"], list) or len(d["names"]) != classes):
         fail(f"'names' must list one name per trainId ({classes})")
     if not isinstance(d["objects"], list) or not d["objects"]:

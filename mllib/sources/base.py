@@ -36,7 +36,7 @@ from mllib.store import NotFound, Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LABEL_FORMATS", "ColorTable", "LabelError", "MissingLabel", "Source", "SourceError", "Spec",
+__all__ = ["LABEL_FORMATS", "ColorTable", "LabelError", "MissingLabel", "SizeMismatch", "Source", "SourceError", "Spec",
            "UnmappedLabel", "get", "load_classes", "parse_specs", "register", "types"]
 
 LABEL_FORMATS = ("auto", "index", "color")
@@ -49,6 +49,10 @@ class SourceError(MllibError):
 
 class MissingLabel(LabelError):
     """An image whose label is not in the store."""
+
+
+class SizeMismatch(LabelError):
+    """A label whose size differs from its image's."""
 
 
 class UnmappedLabel(LabelError):
@@ -324,9 +328,12 @@ class ColorTable:
 
     @classmethod
     def of_dictionary(cls, d: mclasses.ClassDictionary) -> ColorTable:
-        """Each object's colour -> its id; objects sharing a colour must share a trainId (else the colour is
-        ambiguous: ClassDictionaryError naming both)."""
+        """Each object's colour -> its id, and the dictionary's "ignore_color" (if any) -> its ignore value; objects
+        sharing a colour must share a trainId (else the colour is ambiguous: ClassDictionaryError naming both)."""
         table: dict[tuple[int, int, int], mclasses.ClassObject] = {}
+        ic = d.raw.get("ignore_color")
+        if ic is not None:
+            table[tuple(ic)] = mclasses.ClassObject(d.ignore, "ignore", d.ignore, "", False, tuple(ic))
         for o in d.objects:
             first = table.setdefault(o.color, o)
             if first.trainId != o.trainId:
@@ -395,4 +402,4 @@ def binary_warning(key: str, d: mclasses.ClassDictionary) -> str:
 
 def check_shape(ids: np.ndarray, key: str, hw: tuple[int, int] | None) -> None:
     if hw is not None and tuple(ids.shape[:2]) != tuple(hw):
-        raise LabelError(f"label {key} is {ids.shape[0]}x{ids.shape[1]} but its image is {hw[0]}x{hw[1]}")
+        raise SizeMismatch(f"label {key} is {ids.shape[0]}x{ids.shape[1]} but its image is {hw[0]}x{hw[1]}")

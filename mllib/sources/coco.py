@@ -13,8 +13,8 @@ import numpy as np
 
 from mllib.labels import classes as mclasses
 from mllib.labels.cocoindex import KIND_BAD, CocoIndex
-from mllib.labels.render import LabelError, Renderer
-from mllib.sources.base import Source, Spec, register
+from mllib.labels.render import Renderer
+from mllib.sources.base import SizeMismatch, Source, Spec, register
 from mllib.store import Store
 
 
@@ -44,7 +44,7 @@ class CocoSource(Source):
     def label(self, row: int, h: int, w: int, where: str, fetched: dict | None = None) -> np.ndarray:
         idx = self.index
         if (h, w) != idx.size(row):
-            raise LabelError(f"{where}: image is {h}x{w} but the annotation file says "
+            raise SizeMismatch(f"{where}: image is {h}x{w} but the annotation file says "
                              f"{idx.size(row)[0]}x{idx.size(row)[1]}")
         srow = self.stuff.row_of(int(idx.image_id[row])) if self.stuff is not None else None
         return self.renderer.render(idx, row, self.stuff, srow, where)
