@@ -58,7 +58,8 @@ def run(args) -> int:
         raise cli.MllibError("give a dataset name or --datasets, not both")
     store = cli.open_store(args)
     specs = sources.resolve(args.name or args.datasets, store, args.set, what="--datasets")
-    label = args.name or (specs[0].dataset if specs[0].dataset else "source")
+    first = specs[0].key(specs[0].imagepath or specs[0].jsonpath).split("/")
+    label = args.name or (first[1] if first[0] == "datasets" and len(first) > 2 else first[-1]) or "source"
     label += f"_{args.set}" if args.set else ""
     check = Check(store, specs, args.classes_file, args.crowd, jobs=args.jobs, threads=args.threads,
                   bar=not args.no_progress)

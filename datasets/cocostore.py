@@ -10,6 +10,8 @@ Run as a script it writes N overlay PNGs of augmented samples for a quick look:
 
     python3 datasets/cocostore.py --store s3://coco --split val2017 -n 8 --out samples/
     # wrote 8 samples to samples/ (sample_000.png ...)
+    python3 datasets/cocostore.py --store s3://data --source '[{"type": "cvat", "imagepath": "datasets/cvat"}]'
+    # the same for any source (mllib/sources): a registered name or JSON entries
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def parse_args(argv=None):
     cli.add_store_args(p)
     p.add_argument("--dataset", type=checks.NAME, default="coco", help="store folder datasets/<dataset>/")
     p.add_argument("--split", default="val2017", help="annotations/instances_<split>.json and images <split>/")
-    p.add_argument("--class_dictionary", default="coco", help="class dictionary name or path")
+    p.add_argument("--class_dictionary", default=None,
+                   help="class dictionary name or path (default: coco, or with --source the first entry's)")
+    p.add_argument("--source", default=None,
+                   help="any source instead of COCO's --dataset/--split: a registered name or JSON source entries")
     p.add_argument("-n", "--count", type=checks.Range(1), default=8, help="samples to write")
     p.add_argument("--height", type=checks.SIZE, default=512)
     p.add_argument("--width", type=checks.SIZE, default=512)
@@ -47,9 +52,14 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise MllibError(f"--out {out} is a file, not a folder for the samples")
     store = cli.open_store(args)
-    ds = CocoDataset.from_store(store, split=args.split, classes=args.class_dictionary, dataset=args.dataset,
-                                height=args.height, width=args.width, enable_transform=not args.no_transform,
-                                seed=args.seed)
+    common = dict(height=args.height, width=args.width, enable_transform=not args.no_transform, seed=args.seed)
+    if args.source:
+        from mllib.loaders.segdataset import SegmentationDataset
+
+        ds = SegmentationDataset.from_store(store, args.source, classes=args.class_dictionary, **common)
+    else:
+        ds = CocoDataset.from_store(store, split=args.split, classes=args.class_dictionary or "coco",
+                                    dataset=args.dataset, **common)
     out.mkdir(parents=True, exist_ok=True)
     n = min(args.count, len(ds))
     for k in range(n):
