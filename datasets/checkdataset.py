@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--crowd", choices=("class", "ignore"), default="class", help="COCO crowd regions")
     p.add_argument("--jobs", type=checks.Range(1, 256), default=min(8, os.cpu_count() or 1), help="worker processes")
     p.add_argument("--threads", type=checks.Range(1, 256), default=16, help="store reads in flight per process")
+    p.add_argument("--no_image_sizes", action="store_true",
+                   help="read only the labels (one request an item): no image/label size check")
     p.add_argument("--max_images", type=checks.Range(1), default=None, help="check only the first N items")
     p.add_argument("--report", default=None, help="JSON report to write (default: checkdataset_<name>.json)")
     p.add_argument("--sheet", default=None,
@@ -62,7 +64,7 @@ def run(args) -> int:
     label = args.name or (first[1] if first[0] == "datasets" and len(first) > 2 else first[-1]) or "source"
     label += f"_{args.set}" if args.set else ""
     check = Check(store, specs, args.classes_file, args.crowd, jobs=args.jobs, threads=args.threads,
-                  bar=not args.no_progress)
+                  bar=not args.no_progress, sizes=not args.no_image_sizes)
     report = check.run(args.max_images)
     report_path = Path(args.report or f"checkdataset_{label}.json")
     sheet_path = f"checkdataset_{label}.png" if args.sheet is None else args.sheet

@@ -13,6 +13,9 @@ images containing each class, and the class weights people derive from them:
     median   median frequency balancing (Eigen & Fergus 2015): w_c = median(g) / g_c, g_c = the class's pixels over
              the pixels of the images that contain it
 
+With sizes=False (checkdataset --no_image_sizes) a source whose images are listed (folder, cvat, cityscapes) reads
+only its labels: one request an item instead of two, no size check.
+
 Work: `jobs` processes, each with `threads` store reads in flight (labels and image headers read ahead while the
 previous items are decoded); a worker returns sums and the problems, never the labels.
 """
@@ -82,8 +85,9 @@ class Sums:
         self.checked += o.checked
 
 
-def _read(store: Store, src: Source, row: int) -> dict:
-    """An item's label bytes and its image's first bytes (the image's size), read from the store."""
+def _read(store: Store, src: Source, row: int, sizes: bool = True) -> dict:
+    """An item's label bytes and its image's first bytes (the image's size), read from the store; without sizes only
+    whether the image exists (from the listing) and no image bytes."""
     key = src.item(row)[0]
     out = {"image": None, "label": None, "head": None}
     lk = src.label_key(row)
@@ -92,6 +96,9 @@ def _read(store: Store, src: Source, row: int) -> dict:
             out["label"] = store.get_bytes(lk)
         except NotFound:
             pass
+    if not sizes and lk is not None:  # a listed image (folder sources list their images): no request for it
+        out["head"] = b""
+        return out
     try:
         out["head"] = store.get_head(key, HEAD_BYTES)
     except NotFound:
@@ -111,8 +118,8 @@ def check_item(store: Store, src: Source, row: int, got: dict, sums: Sums) -> No
     if got["head"] is None:
         sums.problems.append({"kind": "missing_image", "key": key, "message": "image missing from the store"})
         return
-    hw = images.dimensions(got["head"])
-    if hw is None:
+    hw = images.dimensions(got["head"]) if got["head"] else None
+    if hw is None and got["head"]:
         sums.problems.append({"kind": "unreadable", "key": key, "message": f"image {key} is no readable JPEG or PNG"})
         return
     try:
@@ -148,22 +155,22 @@ def _init(store: Store, specs: list[Spec], classes_file, crowd: str) -> None:
     _source = open_sources(store, specs, classes_file, crowd)
 
 
-def check_rows(rows: list[int], threads: int, src: Source | None = None) -> Sums:
+def check_rows(rows: list[int], threads: int, src: Source | None = None, sizes: bool = True) -> Sums:
     """Check some items: their objects read `threads` ahead while the earlier ones are decoded."""
     from mllib.store.streams import read_ahead
 
     src = src or _source
     sums = Sums()
-    for row, got in read_ahead(lambda r: _read(src.store, src, r), rows, threads):
+    for row, got in read_ahead(lambda r: _read(src.store, src, r, sizes), rows, threads):
         check_item(src.store, src, row, got, sums)
     return sums
 
 
 class Check:
     def __init__(self, store: Store, specs: list[Spec], classes_file=None, crowd: str = "class", jobs: int = 2,
-                 threads: int = 16, bar: bool = True):
+                 threads: int = 16, bar: bool = True, sizes: bool = True):
         self.store, self.specs, self.classes_file, self.crowd = store, specs, classes_file, crowd
-        self.jobs, self.threads, self.bar = jobs, threads, bar
+        self.jobs, self.threads, self.bar, self.sizes = jobs, threads, bar, sizes
         self.source = open_sources(store, specs, classes_file, crowd)
 
     def run(self, max_items: int | None = None) -> dict:
@@ -178,7 +185,7 @@ class Check:
         try:
             if self.jobs <= 1 or len(chunks) <= 1:
                 for c in chunks:
-                    sums.merge(check_rows(c, self.threads, self.source))
+                    sums.merge(check_rows(c, self.threads, self.source, self.sizes))
                     bar.update(len(c))
             else:
                 import multiprocessing as mp
@@ -187,7 +194,7 @@ class Check:
                 ctx = mp.get_context("spawn")
                 with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init,
                                          initargs=(self.store, self.specs, self.classes_file, self.crowd)) as pool:
-                    futures = {pool.submit(check_rows, c, self.threads): len(c) for c in chunks}
+                    futures = {pool.submit(check_rows, c, self.threads, None, self.sizes): len(c) for c in chunks}
                     for f in as_completed(futures):
                         sums.merge(f.result())
                         bar.update(futures[f])

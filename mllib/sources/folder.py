@@ -37,6 +37,8 @@ from mllib.sources.base import (
     Spec,
     check_shape,
     register,
+    train_counts,
+    value_counts,
 )
 from mllib.store import NotFound, Store
 
@@ -162,12 +164,12 @@ class FolderSource(Source):
 
     def inspect(self, row: int, fetched: dict, hw: tuple[int, int] | None) -> dict:
         key, data = self._label_bytes(row, fetched)
-        ids, bad, colour, binary = self.reader.ids(data, key)
+        ids, bad, colour, binary, counts = self.reader.ids(data, key)
         check_shape(ids, key, hw)
         if bad:
             return {"values": bad, "colour": colour, "train": None, "binary": False, "label_key": key}
-        return {"values": {}, "train": np.bincount(self.classes.lut[ids].ravel(), minlength=256), "binary": binary,
-                "label_key": key}
+        counts = value_counts(ids) if counts is None else counts
+        return {"values": {}, "train": train_counts(counts, self.classes), "binary": binary, "label_key": key}
 
     def identity(self) -> bytes:
         h = hashlib.sha256()
