@@ -291,6 +291,19 @@ def test_fast_put_path_and_fallback_errors(s3_store, monkeypatch):
     assert not s3_store.exists("fast/b")
 
 
+def test_fast_get_reads_the_object_and_leaves_errors_to_boto3(s3_store, s3_bucket):
+    data = bytes(range(256)) * 300
+    s3_store.put_bytes("fast/g", data)
+    fp = s3_store.fast_put
+    assert fp.get(s3_store._k("fast/g")) == data  # the signed GET itself returns the bytes
+    assert s3_store.get_bytes("fast/g") == data and fp._failures == 0
+    assert fp.get(s3_store._k("fast/missing")) is None and fp._failures == 0  # a 404 is no failure of the path
+    with pytest.raises(mstore.NotFound, match="fast/missing"):
+        s3_store.get_bytes("fast/missing")  # boto3 names what is missing
+    off = mstore.S3Store(f"s3://{s3_bucket}", fast_put=False)
+    assert off.get_bytes("fast/g") == data and off.fast_put.get("fast/g") is None
+
+
 def test_fast_put_off_switch(s3_bucket, monkeypatch):
     off = mstore.S3Store(f"s3://{s3_bucket}", fast_put=False)
     off.put_bytes("x/a", b"1")

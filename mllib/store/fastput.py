@@ -1,11 +1,12 @@
-"""The small-object fast path for S3 PUTs: one SigV4-signed request over a urllib3 pool, no botocore per request.
+"""The small-object fast path for S3 PUTs and GETs: one SigV4-signed request over a urllib3 pool, no botocore per
+request.
 
-botocore spends most of a small PUT's time in its own request machinery; signing the request with botocore's
-signer and sending it over a shared urllib3 pool gives more objects/s for dataset-sized objects (bench/store.py).
-It only ever takes the simple case: any
-non-200 answer or transport error returns False and the caller repeats the PUT through boto3, which retries and
-explains the error. It turns itself off after 3 consecutive failures, and MLLIB_FAST_PUT=0 (or
-S3Store(fast_put=False)) turns it off from the start.
+botocore spends most of a small request's time in its own request machinery; signing the request with botocore's
+signer and sending it over a shared urllib3 pool gives more objects/s for dataset-sized objects (bench/store.py,
+bench/sources.py). It only ever takes the simple case: any non-200 answer or transport error returns False (None
+for a GET) and the caller repeats the request through boto3, which retries and explains the error (a missing key
+included). It turns itself off after 3 consecutive failures, and MLLIB_FAST_PUT=0 (or S3Store(fast_put=False))
+turns it off from the start.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from mllib.perprocess import PerProcess
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass
@@ -66,12 +69,43 @@ class FastPut:
             self._failures = 0 if ok else self._failures + 1
         return ok
 
+    def get(self, full_key: str) -> bytes | None:
+        """GET the bucket's full key: its bytes on HTTP 200 (the whole body, Content-Length checked), None on
+        anything else (nothing raised; a 404 too, so that boto3 says which of key or bucket is missing)."""
+        import urllib3
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import BotoCoreError
+
+        if not self.active:
+            return None
+        data = None
+        try:
+            c = self._conn.get()
+            url = self._url(c, full_key)
+            req = AWSRequest(method="GET", url=url, headers={"x-amz-content-sha256": _EMPTY_SHA256})
+            S3SigV4Auth(c.credentials.get_frozen_credentials(), "s3", c.region).add_auth(req)
+            r = c.pool.request("GET", url, headers=dict(req.headers.items()), retries=False, redirect=False,
+                               preload_content=True)
+            if r.status == 200 and str(len(r.data)) == r.headers.get("Content-Length", str(len(r.data))):
+                data = r.data
+            elif r.status == 404:
+                return None  # not a failure of the fast path: boto3 names what is missing
+        except (urllib3.exceptions.HTTPError, OSError, BotoCoreError, ValueError):
+            data = None
+        with self._lock:
+            self._failures = 0 if data is not None else self._failures + 1
+        return data
+
+    def _url(self, c: _Conn, full_key: str) -> str:
+        path = quote(full_key, safe="/~")
+        return f"{c.base_url}/{path}" if c.virtual_hosted else f"{c.base_url}/{self.store.bucket}/{path}"
+
     def _send(self, c: _Conn, full_key: str, body: bytes) -> bool:
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        path = quote(full_key, safe="/~")
-        url = f"{c.base_url}/{path}" if c.virtual_hosted else f"{c.base_url}/{self.store.bucket}/{path}"
+        url = self._url(c, full_key)
         headers = {
             "Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(),
             "x-amz-content-sha256": hashlib.sha256(body).hexdigest(),
