@@ -142,6 +142,10 @@ def test_read_ahead_batches_are_batchsamplers_and_name_each_workers_next_batch()
         assert [list(b) for b in got] == plain and len(ReadAheadBatches(sampler, 4, num_workers=workers)) == 6
         step = max(1, workers)
         assert [b.ahead for b in got] == [plain[k + step] if k + step < len(plain) else [] for k in range(6)]
+        deep = list(ReadAheadBatches(sampler, 4, num_workers=workers, depth=2))  # the worker's next two batches
+        assert [list(b) for b in deep] == plain
+        assert [b.ahead for b in deep] == [[i for d in (1, 2) if k + d * step < len(plain) for i in plain[k + d * step]]
+                                           for k in range(6)]
 
 
 @pytest.mark.s3

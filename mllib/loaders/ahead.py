@@ -27,23 +27,27 @@ class Batch(list):
 
 class ReadAheadBatches(torch.utils.data.Sampler):
     """A DataLoader batch_sampler: `sampler`'s indices in batches as BatchSampler makes them, each a Batch whose
-    `ahead` is the batch the same worker gets next."""
+    `ahead` is the `depth` batches the same worker gets next (in order)."""
 
-    def __init__(self, sampler, batch_size: int, drop_last: bool = False, num_workers: int = 0):
+    def __init__(self, sampler, batch_size: int, drop_last: bool = False, num_workers: int = 0, depth: int = 1):
         self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
         self.sampler = sampler
         self.workers = max(1, int(num_workers))
+        self.depth = max(1, int(depth))
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
         it = iter(self.batches)
-        window = deque(itertools.islice(it, self.workers + 1))
+        n = self.workers
+        window = deque(itertools.islice(it, n * self.depth + 1))
         while window:
             batch = window.popleft()
             window.extend(itertools.islice(it, 1))
-            yield Batch(batch, window[self.workers - 1] if len(window) >= self.workers else ())
+            # window[j] is batch k + 1 + j: this worker's next ones are k + n, k + 2n, ...
+            ahead = [i for d in range(1, self.depth + 1) if len(window) >= n * d for i in window[n * d - 1]]
+            yield Batch(batch, ahead)
 
 
 class Rows(torch.utils.data.Subset):

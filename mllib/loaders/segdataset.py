@@ -140,6 +140,31 @@ def to_output(img, lab, m, out_hw, ignore, dtype, mode, fixed, label_dtype):
     return chw, lab, np.asarray(mean, np.float32)[:c], np.asarray(std, np.float32)[:c]
 
 
+def _get_or_none(store, key: str) -> bytes | None:
+    try:
+        return store.get_bytes(key)
+    except mstore.NotFound:
+        return None
+
+
+class _Fetch:
+    """An item's fetch in flight: the image's and the label's futures, with fetch()'s result and errors."""
+
+    def __init__(self, ds, i: int, image, label):
+        self.ds, self.i, self.image, self.label = ds, i, image, label
+
+    def result(self) -> dict:
+        data = self.image.result()
+        if data is None:
+            raise SampleError(f"image {self.ds.store.url_for(self.ds.image_key(self.i))} is missing from the store")
+        return {"image": data, "label": self.label.result() if self.label is not None else None}
+
+    def cancel(self) -> None:
+        self.image.cancel()
+        if self.label is not None:
+            self.label.cancel()
+
+
 class EpochShuffle(torch.utils.data.Sampler):
     """A dataset's indices in a new order each epoch: a permutation drawn from (seed, the dataset's epoch), so
     `ds.set_epoch(e)` gives epoch e's order, the same in every run."""
@@ -258,21 +283,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     # -- the documented loader --------------------------------------------------------------------------------
     def loader(self, batch_size: int = 8, num_workers: int = 2, shuffle: bool = True, drop_last: bool = False,
-               sampler=None, pin_memory: bool = False, prefetch_factor: int = 2, **kw) -> torch.utils.data.DataLoader:
-        """A DataLoader on the fast path: each batch names the one its worker gets next (ReadAheadBatches), so the
-        store's latency overlaps the work; batches cross from the workers through reused shared memory
-        (SlotCollate); workers keep freed sample memory (worker_init_fn) and persist across epochs, which
+               sampler=None, pin_memory: bool = False, prefetch_factor: int = 2, read_ahead: int = 2,
+               **kw) -> torch.utils.data.DataLoader:
+        """A DataLoader on the fast path: each batch names the `read_ahead` batches its worker gets next
+        (ReadAheadBatches), whose objects are fetched while it is computed, so the store's latency overlaps the
+        work (fetch_threads is raised to the items in flight); batches cross from the workers through reused shared
+        memory (SlotCollate); workers keep freed sample memory (worker_init_fn) and persist across epochs, which
         set_epoch() still reaches. shuffle: a new order each epoch from (seed, epoch); or give a sampler."""
         from mllib.loaders.slots import SlotCollate
 
         checks.Range(1).require("batch_size", batch_size)
         checks.Range(0, 1024).require("num_workers", num_workers)
+        checks.Range(1, 16).require("read_ahead", read_ahead)
         if sampler is None:
             sampler = EpochShuffle(self, self.seed) if shuffle else torch.utils.data.SequentialSampler(self)
+        self.fetch_threads = max(self.fetch_threads, min(64, batch_size * (read_ahead + 1)))
         extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers > 0 else {}
         return torch.utils.data.DataLoader(
-            self, batch_sampler=ReadAheadBatches(sampler, batch_size, drop_last, num_workers), num_workers=num_workers,
-            collate_fn=SlotCollate(), worker_init_fn=worker_init_fn, pin_memory=pin_memory, **{**extra, **kw})
+            self, batch_sampler=ReadAheadBatches(sampler, batch_size, drop_last, num_workers, read_ahead),
+            num_workers=num_workers, collate_fn=SlotCollate(), worker_init_fn=worker_init_fn, pin_memory=pin_memory,
+            **{**extra, **kw})
 
     # -- raw samples ------------------------------------------------------------------------------------------
     def image_key(self, i: int) -> str:
@@ -314,6 +344,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return to_output(img, label, self.matrix(i, label.shape), (self.height, self.width), self.classes.ignore,
                          self.astype, self.normalize, self.fixed, self.label_dtype)
 
+    def _submit(self, pool, i: int) -> _Fetch:
+        """Item i's image and label read at once, each on its own pool thread (two requests overlap)."""
+        key = self.source.item(i)[0]
+        lk = self.source.label_key(i)
+        return _Fetch(self, i, pool.submit(_get_or_none, self.store, key),
+                      pool.submit(_get_or_none, self.store, lk) if lk else None)
+
     # -- samples ----------------------------------------------------------------------------------------------
     def _sample(self, i: int, first=None):
         """Sample i; `first` is a future holding fetch(i)'s result (already being fetched), or None."""
@@ -353,14 +390,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.fetch_threads <= 1 or (len(indices) <= 1 and not ahead) or self.store.local_path() is not None:
             return [self._sample(i) for i in indices]
         pool = self._pool.get()  # one per process: DataLoader workers make their own
-        early = self._early.get()  # item index -> future, fetched during the previous batch
+        early = self._early.get()  # item index -> its fetch, started during an earlier batch
         n = len(self)
-        futures = [early.pop(i % n, None) or pool.submit(self.fetch, i % n) for i in indices]
-        for f in early.values():  # read ahead for a batch that did not come (hints are only hints)
-            f.cancel()
-        early.clear()
+        futures = [early.pop(i % n, None) or self._submit(pool, i % n) for i in indices]
+        keep = {j % n for j in ahead}
+        for j in [j for j in early if j not in keep]:  # read ahead for a batch that did not come (hints are hints)
+            early.pop(j).cancel()
         for j in ahead:
-            early.setdefault(j % n, pool.submit(self.fetch, j % n))
+            if j % n not in early:
+                early[j % n] = self._submit(pool, j % n)
         try:
             return [self._sample(i, f) for i, f in zip(indices, futures, strict=True)]
         finally:
