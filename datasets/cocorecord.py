@@ -47,7 +47,7 @@ def parse_args(argv=None):
                         "COCO train2017 and val2017 instances, + stuff when present")
     p.add_argument("--classes_file", "-classes_file", default=None,
                    help="class dictionary of the set: a name in mllib/datasets, a local path or a key in the store "
-                        "(default: the first entry's classes_file, a CVAT export's labelmap, else coco)")
+                        "(default: coco; for a folder or cvat first entry, its classes_file or a CVAT export's labelmap)")
     p.add_argument("--shard_images", "-shard_images", type=checks.Range(1), default=1000, help="images per shard")
     p.add_argument("--jobs", type=checks.Range(1, 256), default=1, help="worker processes (a local Ray's CPUs)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",

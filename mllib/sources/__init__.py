@@ -67,6 +67,7 @@ def _cityscapes(dataset: str = "cityscapes", store: Store | None = None) -> list
 
 
 NAMED = {"coco": _coco, "cityscapes": _cityscapes}
+SEED_TYPES = ("coco", "cityscapes")  # a set of these defaults to coco.json, as the seed's cocorecord did
 
 
 def names() -> list[str]:
@@ -117,12 +118,13 @@ def entry_classes(store: Store, spec: Spec, main: mclasses.ClassDictionary | Non
 
 
 def set_classes(store: Store, specs: list[Spec], classes_file=None) -> mclasses.ClassDictionary:
-    """The dictionary of a set made of `specs`: classes_file when given, else the first entry's own (its
-    classes_file or its type's), else coco.json (the seed's)."""
+    """The dictionary of a set made of `specs`: classes_file when given; else, when the first entry is of a new type
+    (folder, cvat), its own (its classes_file, or what its type brings); else coco.json (the seed's rule for COCO
+    and Cityscapes entries, whose classes_file maps them into the set's classes)."""
     if classes_file is not None:
         return load_classes(store, classes_file, specs[0] if specs else None)
     first = specs[0] if specs else None
-    if first is not None and (first.classes_file or get(first.type).brings_classes):
+    if first is not None and first.type not in SEED_TYPES and (first.classes_file or get(first.type).brings_classes):
         return entry_classes(store, first, None)
     return mclasses.load("coco")
 
