@@ -66,3 +66,12 @@ def test_store_keys_are_spelled_only_in_layout():
                 for m in key.finditer(repr(node.value)):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {m.group(0)}")
     assert not found, "\n".join(found)
+
+
+def test_every_subpackage_is_packaged():
+    """pyproject.toml lists its packages: a sub-package missing there is missing from every wheel and image."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "mllib").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
