@@ -98,9 +98,14 @@ def test_cvat_export_into_records_with_its_labelmap(any_store):
     assert set(got) == set(truth)
     for name, ids in truth.items():
         assert np.array_equal(got[name], ids), name  # labelmap line k is class k, trainId k
-    # every subset when no split_file is given; a classes_file maps labelmap ids into another class space
+    # every subset when no split_file is given; labelmap.txt read once; a classes_file maps labelmap ids into
+    # another class space
+    reads = []
+    get_bytes = any_store.get_bytes
+    any_store.get_bytes = lambda key: reads.append(key) or get_bytes(key)
     src = sources.open_source(any_store, {"type": "cvat", "imagepath": "datasets/cvat"})
-    assert len(src) == 5
+    del any_store.get_bytes
+    assert len(src) == 5 and reads.count("datasets/cvat/labelmap.txt") == 1
     two = {"background": 0, "ignore": 255, "classes": 2, "objects": [
         {"id": 0, "name": "background", "trainId": 0, "color": [0, 0, 0]},
         {"id": 1, "name": "cat", "trainId": 1, "color": [1, 1, 1]}]}  # car (id 2) not listed: unmapped -> ignore
@@ -129,6 +134,8 @@ def test_sources_of_different_types_combine_into_one_set(local_store, tmp_path):
     assert desc["sets"]["val"]["length"] == 5 and desc["class_names"] == ["void", "person", "vehicle", "animal"]
     ds = SegmentationDataset(local_store, specs, classes="coco", height=48, width=64, enable_transform=False, seed=0)
     assert len(ds) == 5 and len({ds.source.item(i)[0] for i in range(5)}) == 5
+    with pytest.raises(sources.SourceError, match="entry 0 uses class dictionary own with 3 classes; the set's coco"):
+        SegmentationDataset(local_store, FOLDER, classes="coco", height=48, width=64)  # one entry is checked too
 
 
 def test_unmapped_values_are_errors_naming_the_file(any_store, tmp_path, capsys):
@@ -201,7 +208,10 @@ def test_binary_mask_warns_why(local_store, caplog):
     assert "holds only 0 and 255" in caplog.text and "ignore value of class dictionary own" in caplog.text
 
 
-def test_checkdataset_counts_weights_and_sheet(s3_store, tmp_path, capsys):
+def test_checkdataset_counts_weights_and_sheet(s3_store, tmp_path, capsys, monkeypatch):
+    import mllib.sources.check
+
+    monkeypatch.setattr(mllib.sources.check, "PROCESS_ITEMS", 1)  # two pool processes even for 6 labels
     truth = put_own(s3_store, "P", n=6)
     report, sheet = tmp_path / "r.json", tmp_path / "s.png"
     assert checkdataset.main(["--store", s3_store.url, "--datasets", json.dumps([FOLDER]), "--report", str(report),

@@ -35,8 +35,8 @@ from mllib.sources import Spec
 from mllib.sources.coco import CocoSource
 from mllib.store import default_url
 
-__all__ = ["CocoDataset", "CocoStore", "SampleError", "keep_freed_memory", "worker_init_fn"]
-_ = (output_spec, to_output)  # documented names of this module, defined in segdataset
+# output_spec and to_output stay importable from here, as before (defined in segdataset)
+__all__ = ["CocoDataset", "CocoStore", "SampleError", "keep_freed_memory", "output_spec", "to_output", "worker_init_fn"]
 
 
 class CocoDataset(SegmentationDataset):

@@ -46,6 +46,7 @@ from mllib.images import ImageError, decode
 from mllib.labels.render import LabelError
 from mllib.loaders.ahead import ReadAheadBatches
 from mllib.perprocess import PerProcess
+from mllib.sources.base import get_or_none
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,6 @@ def to_output(img, lab, m, out_hw, ignore, dtype, mode, fixed, label_dtype):
     return chw, lab, np.asarray(mean, np.float32)[:c], np.asarray(std, np.float32)[:c]
 
 
-def _get_or_none(store, key: str) -> bytes | None:
-    try:
-        return store.get_bytes(key)
-    except mstore.NotFound:
-        return None
-
-
 class _Fetch:
     """An item's fetch in flight: the image's and the label's futures, with fetch()'s result and errors."""
 
@@ -154,10 +148,8 @@ class _Fetch:
         self.ds, self.i, self.image, self.label = ds, i, image, label
 
     def result(self) -> dict:
-        data = self.image.result()
-        if data is None:
-            raise SampleError(f"image {self.ds.store.url_for(self.ds.image_key(self.i))} is missing from the store")
-        return {"image": data, "label": self.label.result() if self.label is not None else None}
+        return self.ds.fetched(self.i, {"image": self.image.result(),
+                                        "label": self.label.result() if self.label is not None else None})
 
     def cancel(self) -> None:
         self.image.cancel()
@@ -287,7 +279,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                **kw) -> torch.utils.data.DataLoader:
         """A DataLoader on the fast path: each batch names the `read_ahead` batches its worker gets next
         (ReadAheadBatches), whose objects are fetched while it is computed, so the store's latency overlaps the
-        work (fetch_threads is raised to the items in flight); batches cross from the workers through reused shared
+        work; batches cross from the workers through reused shared
         memory (SlotCollate); workers keep freed sample memory (worker_init_fn) and persist across epochs, which
         set_epoch() still reaches. shuffle: a new order each epoch from (seed, epoch); or give a sampler."""
         from mllib.loaders.slots import SlotCollate
@@ -297,7 +289,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
         checks.Range(1, 16).require("read_ahead", read_ahead)
         if sampler is None:
             sampler = EpochShuffle(self, self.seed) if shuffle else torch.utils.data.SequentialSampler(self)
-        self.fetch_threads = max(self.fetch_threads, min(64, batch_size * (read_ahead + 1)))
         extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers > 0 else {}
         return torch.utils.data.DataLoader(
             self, batch_sampler=ReadAheadBatches(sampler, batch_size, drop_last, num_workers, read_ahead),
@@ -310,7 +301,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def fetch(self, i: int) -> dict:
         """Item i's objects from the store ({"image": bytes, "label": bytes or None})."""
-        got = self.source.fetch(i)
+        return self.fetched(i, self.source.fetch(i))
+
+    def fetched(self, i: int, got: dict) -> dict:
+        """What fetch(i) read, or SampleError naming the image when it is not in the store."""
         if got.get("image") is None:
             raise SampleError(f"image {self.store.url_for(self.image_key(i))} is missing from the store")
         return got
@@ -348,8 +342,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Item i's image and label read at once, each on its own pool thread (two requests overlap)."""
         key = self.source.item(i)[0]
         lk = self.source.label_key(i)
-        return _Fetch(self, i, pool.submit(_get_or_none, self.store, key),
-                      pool.submit(_get_or_none, self.store, lk) if lk else None)
+        return _Fetch(self, i, pool.submit(get_or_none, self.store, key),
+                      pool.submit(get_or_none, self.store, lk) if lk else None)
 
     # -- samples ----------------------------------------------------------------------------------------------
     def _sample(self, i: int, first=None):

@@ -41,7 +41,7 @@ def parse_entries(spec: str | list, store: Store | None = None) -> list[Entry]:
 
 def default_entries(store: Store, dataset: str = "coco") -> list[Entry]:
     """COCO train2017 and val2017 instances, plus the matching stuff annotations when they are in the store."""
-    out = [msources.Spec(**{**e, "dataset": dataset}) for e in msources.NAMED["coco"](dataset, store)]
+    out = [msources.Spec(**e) for e in msources.NAMED["coco"](dataset, store)]
     if not out:
         raise MllibError(
             f"no COCO annotations in {store.url_for(layout.dataset(dataset) + '/annotations/')}: run "
@@ -112,6 +112,7 @@ class Conversion:
     engine: str = "local"  # "local": --jobs processes here; "ray": Ray tasks (mllib.records.rayengine)
     ray_address: str | None = None
     summary: dict = field(default_factory=dict)
+    unpaired: dict = field(default_factory=dict)  # set -> files without a partner (listed with skip_bad)
 
     @property
     def prefix(self) -> str:
@@ -123,16 +124,9 @@ class Conversion:
                 "seed": self.seed, "skip_bad": self.skip_bad}
 
     def plan(self, worker: Worker) -> dict[str, list[dict]]:
-        main = worker.classes
-        for k, _e in enumerate(self.entries):
-            d = worker.entry_classes(k)
-            if d.classes != main.classes:
-                raise MllibError(
-                    f"entry {k} uses class dictionary {d.name} with {d.classes} classes; the set's {main.name} has "
-                    f"{main.classes}: give the entry a classes_file in the same class space"
-                )
+        msources.check_class_space(worker.classes, [worker.source(k) for k in range(len(self.entries))])
         sets: dict[str, list[tuple[int, int]]] = {}
-        self.unpaired: dict[str, list[dict]] = {}
+        self.unpaired = {}
         for k, e in enumerate(self.entries):
             n = worker.items(k)
             # files without a partner: an error naming them, or with skip_bad listed with the set's skipped items
@@ -271,7 +265,7 @@ class Conversion:
                 "length": sum(s["records"] for s in stats),
                 "shards": [{k: s[k] for k in ("name", "records", "bytes", "sha256")} for s in stats],
                 "pixels": present,
-                "skipped": [x for s in stats for x in s["skipped"]] + getattr(self, "unpaired", {}).get(set_name, []),
+                "skipped": [x for s in stats for x in s["skipped"]] + self.unpaired.get(set_name, []),
             }
         return {
             "name": self.name,

@@ -15,14 +15,12 @@ import numpy as np
 
 from mllib import images
 from mllib import sources as msources
-from mllib.labels import classes
 from mllib.labels import render as labels
 from mllib.records import schema, tfrecord
 from mllib.sources import Source, Spec
-from mllib.sources.base import _get
+from mllib.sources.base import get_or_none
 
 Entry = Spec  # the seed's name for one entry of --datasets
-MissingLabel = msources.MissingLabel
 
 
 class Worker:
@@ -34,16 +32,14 @@ class Worker:
         self._sources: dict[int, Source] = {}
         self._lock = threading.Lock()  # the read-ahead threads ask for sources too: each is loaded once
 
-    def entry_classes(self, k: int) -> classes.ClassDictionary:
-        return msources.entry_classes(self.store, self.entries[k], self.classes)
-
     def source(self, k: int) -> Source:
         src = self._sources.get(k)
         if src is None:
             with self._lock:
                 if k not in self._sources:
                     e = self.entries[k]
-                    self._sources[k] = msources.get(e.type)(self.store, e, self.entry_classes(k), crowd=self.crowd)
+                    d = msources.entry_classes(self.store, e, self.classes)
+                    self._sources[k] = msources.get(e.type)(self.store, e, d, crowd=self.crowd)
                 src = self._sources[k]
         return src
 
@@ -65,7 +61,7 @@ class Worker:
         fetch(k, row)'s result when it was read ahead."""
         src = self.source(k)
         img_key, source_id, where = src.item(row)
-        data = fetched["image"] if fetched is not None else _get(self.store, img_key)
+        data = fetched["image"] if fetched is not None else get_or_none(self.store, img_key)
         if data is None:
             return None, None, {"key": img_key, "reason": "image missing from the store"}
         try:

@@ -20,7 +20,8 @@ name (`named()`: "coco", "cityscapes"), plus a class dictionary per entry.
 
 from __future__ import annotations
 
-import json
+import bisect
+import hashlib
 import re
 
 from mllib import layout
@@ -41,7 +42,7 @@ from mllib.sources.base import (
 )
 from mllib.store import Store
 
-__all__ = ["Concat", "LabelError", "MissingLabel", "Source", "SourceError", "Spec", "UnmappedLabel", "entry_classes",
+__all__ = ["Concat", "LabelError", "MissingLabel", "Source", "SourceError", "Spec", "UnmappedLabel", "check_class_space", "entry_classes",
            "get", "load_classes", "named", "names", "open_source", "open_sources", "parse_specs", "register",
            "resolve", "set_classes", "types"]
 
@@ -102,15 +103,16 @@ def resolve(ref, store: Store | None = None, split: str | None = None, what: str
 # ---------------------------------------------------------------------------------------------------------------
 # opening sources with their dictionaries
 # ---------------------------------------------------------------------------------------------------------------
-def entry_classes(store: Store, spec: Spec, main: mclasses.ClassDictionary | None) -> mclasses.ClassDictionary:
-    """The dictionary an entry's labels are mapped through: its classes_file, else what its type brings (CVAT's
-    labelmap), else its type's default (Cityscapes: cityscapes_coco), else the set's."""
+def entry_classes(store: Store, spec: Spec, main: mclasses.ClassDictionary | None
+                  ) -> mclasses.ClassDictionary | None:
+    """The dictionary an entry's labels are mapped through: its classes_file, else None for a type that brings its
+    own (CVAT's labelmap: the source reads it), else its type's default (Cityscapes: cityscapes_coco), else the
+    set's."""
     if spec.classes_file:
         return load_classes(store, spec.classes_file, spec)
     cls = get(spec.type)
-    native = cls.native_classes(store, spec)
-    if native is not None:
-        return native
+    if cls.brings_classes:
+        return None
     default = getattr(cls, "default_classes", None)
     if default:
         return mclasses.load(default)
@@ -124,9 +126,21 @@ def set_classes(store: Store, specs: list[Spec], classes_file=None) -> mclasses.
     if classes_file is not None:
         return load_classes(store, classes_file, specs[0] if specs else None)
     first = specs[0] if specs else None
-    if first is not None and first.type not in SEED_TYPES and (first.classes_file or get(first.type).brings_classes):
-        return entry_classes(store, first, None)
+    if first is not None and first.type not in SEED_TYPES:
+        if first.classes_file:
+            return load_classes(store, first.classes_file, first)
+        if get(first.type).brings_classes:
+            return get(first.type).native_classes(store, first)
     return mclasses.load("coco")
+
+
+def check_class_space(main: mclasses.ClassDictionary, parts: list[Source]) -> None:
+    """Every entry's labels in the set's class space (the same number of classes), else an error naming the entry."""
+    for k, p in enumerate(parts):
+        d = p.classes
+        if d.classes != main.classes:
+            raise SourceError(f"entry {k} uses class dictionary {d.name} with {d.classes} classes; the set's "
+                              f"{main.name} has {main.classes}: give the entry a classes_file in the same class space")
 
 
 def open_source(store: Store, spec, main: mclasses.ClassDictionary | None = None, crowd: str = "class") -> Source:
@@ -136,18 +150,14 @@ def open_source(store: Store, spec, main: mclasses.ClassDictionary | None = None
 
 
 class Concat(Source):
-    """Several sources as one: their items one after the other (all mapped into one class space)."""
+    """Several sources as one: their items one after the other, in the set's dictionary `classes` (all parts mapped
+    into its class space: check_class_space)."""
 
     type = "concat"
 
-    def __init__(self, parts: list[Source]):
+    def __init__(self, parts: list[Source], classes: mclasses.ClassDictionary):
         first = parts[0]
-        super().__init__(first.store, first.spec, first.classes)
-        for p in parts[1:]:
-            if p.classes.classes != first.classes.classes:
-                raise SourceError(f"{p.describe()} maps into {p.classes.classes} classes ({p.classes.name}), "
-                                  f"{first.describe()} into {first.classes.classes}: give the entries classes_files "
-                                  "in one class space")
+        super().__init__(first.store, first.spec, classes)
         self.parts = parts
         self.starts = [0]
         for p in parts:
@@ -155,8 +165,6 @@ class Concat(Source):
         self.unpaired = [u for p in parts for u in p.unpaired]
 
     def _at(self, row: int) -> tuple[Source, int]:
-        import bisect
-
         k = bisect.bisect_right(self.starts, row) - 1
         return self.parts[k], row - self.starts[k]
 
@@ -188,8 +196,6 @@ class Concat(Source):
         return p.inspect(r, fetched, hw)
 
     def identity(self) -> bytes:
-        import hashlib
-
         h = hashlib.sha256()
         for p in self.parts:
             h.update(p.identity())
@@ -200,13 +206,10 @@ class Concat(Source):
 
 
 def open_sources(store: Store, specs, classes_file=None, crowd: str = "class") -> Source:
-    """A set's entries opened as one source (one entry: that source itself), in the set's dictionary."""
-    specs = resolve(specs, store) if not (isinstance(specs, list) and all(isinstance(s, Spec) for s in specs)) \
-        else specs
+    """A set's entries opened as one source (one entry: that source itself), in the set's dictionary; an entry in
+    another class space is an error naming it."""
+    specs = resolve(specs, store)
     main = set_classes(store, specs, classes_file)
     parts = [get(s.type)(store, s, entry_classes(store, s, main), crowd=crowd) for s in specs]
-    return parts[0] if len(parts) == 1 else Concat(parts)
-
-
-def spec_json(specs: list[Spec]) -> str:
-    return json.dumps([s.to_dict() for s in specs])
+    check_class_space(main, parts)
+    return parts[0] if len(parts) == 1 else Concat(parts, main)

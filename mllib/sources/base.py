@@ -143,9 +143,9 @@ def parse_specs(spec, what: str = "--datasets") -> list[Spec]:
         if wrong:
             raise SourceError(f"{what} entry {n}: field(s) {wrong} must be strings")
         s = Spec(**d)
-        cls = get(s.type) if s.type in _TYPES else None
-        if cls is None:
+        if s.type not in _TYPES:
             raise SourceError(f"{what} entry {n}: type must be one of {', '.join(types())}, got {s.type!r}")
+        cls = _TYPES[s.type]
         missing = [f for f in cls.required if not getattr(s, f)]
         if missing:
             raise SourceError(f"{what} entry {n}: a {s.type} entry needs {' and '.join(repr(f) for f in missing)}")
@@ -208,7 +208,8 @@ class Source:
 
     def fetch(self, row: int) -> dict:
         lk = self.label_key(row)
-        return {"image": _get(self.store, self.item(row)[0]), "label": _get(self.store, lk) if lk else None}
+        return {"image": get_or_none(self.store, self.item(row)[0]),
+                "label": get_or_none(self.store, lk) if lk else None}
 
     def size(self, row: int) -> tuple[int, int] | None:
         return None
@@ -237,7 +238,7 @@ class Source:
         return f"{self.type} source {self.store.url_for(self.spec.key(self.spec.imagepath or self.spec.jsonpath))}"
 
 
-def _get(store: Store, key: str) -> bytes | None:
+def get_or_none(store: Store, key: str) -> bytes | None:
     """An object's bytes, or None when it is not in the store (the item is then skipped and listed)."""
     try:
         return store.get_bytes(key)
@@ -323,8 +324,9 @@ def unmapped_values(counts: np.ndarray, d: mclasses.ClassDictionary) -> dict[int
 def is_binary_mask(counts: np.ndarray, d: mclasses.ClassDictionary) -> bool:
     """A label of only 0 and 255 where 255 is the dictionary's ignore and no class: most likely a mask saved as
     0/255 whose objects would all be ignored."""
-    present = set(np.flatnonzero(counts).tolist())
-    return present == {0, 255} and d.ignore == 255 and not any(o.id == 255 for o in d.objects)
+    if d.ignore != 255 or not counts[0] or not counts[255] or counts[0] + counts[255] != counts.sum():
+        return False
+    return not any(o.id == 255 for o in d.objects)
 
 
 def describe_values(values: dict, colour: bool = False) -> str:

@@ -49,6 +49,14 @@ def read_labelmap(store: Store, key: str) -> list[tuple[str, tuple[int, int, int
     return out
 
 
+def labelmap_classes(labelmap, source: str) -> mclasses.ClassDictionary:
+    """labelmap.txt's own dictionary: line k is class k (trainId k), background the first line, 255 ignore."""
+    return mclasses.ClassDictionary({
+        "background": 0, "ignore": 255, "classes": len(labelmap), "names": [n for n, _ in labelmap],
+        "objects": [{"id": i, "name": n, "trainId": i, "category": n, "color": list(c)}
+                    for i, (n, c) in enumerate(labelmap)]}, source=source)
+
+
 @register
 class CvatSource(FolderSource):
     type = "cvat"
@@ -56,21 +64,17 @@ class CvatSource(FolderSource):
     default_label_suffix = ".png"
     brings_classes = True
 
-    def __init__(self, store: Store, spec: Spec, classes: mclasses.ClassDictionary, crowd: str = "class"):
-        root = spec.key(spec.imagepath)
-        labelmap = read_labelmap(store, layout.cvat_labelmap(root))
+    def __init__(self, store: Store, spec: Spec, classes: mclasses.ClassDictionary | None, crowd: str = "class"):
+        key = layout.cvat_labelmap(spec.key(spec.imagepath))
+        labelmap = read_labelmap(store, key)  # once: the colours, and the dictionary when the entry names none
         table = ColorTable({c: i for i, (_, c) in enumerate(labelmap)}, "labelmap.txt")
         spec = Spec(**{**spec.to_dict(), "label_format": "color"})
-        super().__init__(store, spec, classes, crowd, colors=table)
+        super().__init__(store, spec, classes or labelmap_classes(labelmap, store.url_for(key)), crowd, colors=table)
 
     @classmethod
     def native_classes(cls, store: Store, spec: Spec) -> mclasses.ClassDictionary:
         key = layout.cvat_labelmap(spec.key(spec.imagepath))
-        labelmap = read_labelmap(store, key)
-        return mclasses.ClassDictionary({
-            "background": 0, "ignore": 255, "classes": len(labelmap), "names": [n for n, _ in labelmap],
-            "objects": [{"id": i, "name": n, "trainId": i, "category": n, "color": list(c)}
-                        for i, (n, c) in enumerate(labelmap)]}, source=store.url_for(key))
+        return labelmap_classes(read_labelmap(store, key), store.url_for(key))
 
     def prefixes(self) -> tuple[str, str]:
         root = self.spec.key(self.spec.imagepath)

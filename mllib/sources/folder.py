@@ -36,6 +36,7 @@ from mllib.sources.base import (
     SourceError,
     Spec,
     check_shape,
+    get_or_none,
     register,
     train_counts,
     value_counts,
@@ -87,7 +88,7 @@ class FolderSource(Source):
             raise SourceError(f"{self.describe()}: images and labels share the folder {self.image_prefix}/ and their "
                               f"suffixes ({', '.join(self.image_suffixes)} / {self.label_suffix}) do not tell them "
                               "apart: give labelpath, or image_suffix and label_suffix (e.g. '.jpg' and '_mask.png')")
-        self.reader = LabelReader(classes, spec.label_format, colors)
+        self.reader = LabelReader(self.classes, spec.label_format, colors)
         images = self._scan(self.image_prefix, self.image_suffixes,
                             exclude=self.label_suffix if same else None)
         labels = self._scan(self.label_prefix, (self.label_suffix,), exclude=None)
@@ -147,13 +148,11 @@ class FolderSource(Source):
 
     def _label_bytes(self, row: int, fetched: dict | None) -> tuple[str, bytes]:
         key = self.label_keys[row]
-        data = fetched.get("label") if fetched is not None else None
-        if key is not None and data is None and fetched is None:
-            try:
-                data = self.store.get_bytes(key)
-            except NotFound:
-                data = None
-        if key is None or data is None:
+        if key is None:
+            data = None
+        else:
+            data = fetched.get("label") if fetched is not None else get_or_none(self.store, key)
+        if data is None:
             want = key or f"{self.label_prefix}/{self.stems[row]}{self.label_suffix}"
             raise MissingLabel(f"{self.image_keys[row]}: no label ({want} is not in the store)")
         return key, data

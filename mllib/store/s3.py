@@ -179,9 +179,17 @@ class S3Store(Store):
         data = self.fast_put.get(self._k(key))  # one signed request, no botocore machinery; None: boto3 below
         if data is not None:
             return data
+        return self._read(key)
+
+    def get_head(self, key: str, n: int) -> bytes:
+        """One ranged GET (bytes=0-(n-1)); the body is read whole, so the connection goes back to the pool."""
+        return self._read(key, Range=f"bytes=0-{max(1, int(n)) - 1}")
+
+    def _read(self, key: str, **extra) -> bytes:
+        """A GetObject's whole body through boto3; a connection reset while reading the body is retried."""
         bx = _bx()
         for attempt in range(4):
-            body = self.open(key)
+            body = self.open(key, **extra)
             try:
                 return body.read()
             except (bx.BotoCoreError, OSError) as e:  # connection reset while reading the body
@@ -192,24 +200,8 @@ class S3Store(Store):
                 body.close()
         raise AssertionError("unreachable")
 
-    def get_head(self, key: str, n: int) -> bytes:
-        """One ranged GET (bytes=0-(n-1)); the body is read whole, so the connection goes back to the pool."""
-        bx = _bx()
-        for attempt in range(4):
-            r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key),
-                           Range=f"bytes=0-{max(1, int(n)) - 1}")
-            try:
-                return r["Body"].read()
-            except (bx.BotoCoreError, OSError) as e:
-                if attempt == 3:
-                    raise self._error(e, "GetObject", key) from None
-                time.sleep(0.2 * 2**attempt)
-            finally:
-                r["Body"].close()
-        raise AssertionError("unreachable")
-
-    def open(self, key: str) -> BinaryIO:
-        r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key))
+    def open(self, key: str, **extra) -> BinaryIO:
+        r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key), **extra)
         return r["Body"]
 
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
