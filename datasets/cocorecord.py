@@ -19,6 +19,11 @@ Entries with the same "set" are combined, e.g. COCO val and Cityscapes val into 
                  {"type": "cityscapes", "dataset": "cityscapes", "imagepath": "leftImg8bit/val",
                   "labelpath": "gtFine/val", "set": "val"}]'
 
+A registered dataset by name, with its own dictionary, or several combined onto one class list:
+
+    python3 datasets/cocorecord.py -trainingset_name ade --dataset ade20k
+    python3 datasets/cocorecord.py -trainingset_name pva --dataset coco,cityscapes,ade20k,voc2012-aug --classes_file coco
+
 An interrupted run, re-run with the same command, skips the shards already written. On a Ray cluster (one task per
 shard, the same bytes; pip install 'mllib[ray]'):
 
@@ -34,12 +39,21 @@ from mllib import checks, cli
 from mllib.records import convert as trainingset
 
 
+def dataset_names(v: str) -> str:
+    """--dataset: one or more comma-separated folder names."""
+    return ",".join(checks.NAME(x.strip()) for x in v.split(","))
+
+
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
     p.add_argument("--trainingset_name", "-trainingset_name", type=checks.NAME, required=True,
                    help="name of the training set: trainingsets/<name>/ in the store")
-    p.add_argument("--dataset", "-dataset", type=checks.NAME, default="coco", help="store folder of the default COCO entries")
+    p.add_argument("--dataset", "-dataset", type=dataset_names, default="coco",
+                   help="registered dataset(s) to convert, with their own class dictionary (ade20k, voc2012-aug, "
+                        "cocostuff, ...; comma-separated: combined through their maps onto --classes_file's classes, "
+                        "else the first's; datasets/getdataset.py --list), or the store folder of COCO entries "
+                        "(default coco)")
     p.add_argument("--datasets", "-datasets", default=None,
                    help="JSON list of source entries {type, set, imagepath, labelpath, jsonpath, stuffpath, "
                         "classes_file, image_suffix, label_suffix, split_file, label_format, dataset, "
@@ -78,8 +92,8 @@ def run(args) -> int:
         if args.ray_address:
             check_address(args.ray_address)
     store = cli.open_store(args)
-    entries = (trainingset.parse_entries(args.datasets, store) if args.datasets
-               else trainingset.default_entries(store, args.dataset))
+    entries = (trainingset.parse_entries(args.datasets, store, args.classes_file) if args.datasets
+               else trainingset.default_entries(store, args.dataset, args.classes_file))
     conv = trainingset.Conversion(
         store, args.trainingset_name, entries, classes_file=args.classes_file, shard_images=args.shard_images,
         jobs=args.jobs, crowd=args.crowd, max_images=args.max_images, seed=args.seed, author=args.author,

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from mllib.get.extract import extract_to_store, is_extracted
-from mllib.get.fetch import DownloadError, FileSpec, fetch
+from mllib.get.fetch import DownloadError, FileSpec, fetch, verify_local
 from mllib.store import Store
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,10 @@ class Job:
         bar: bool = True,
         retries: int = 8,
         backoff: float = 0.5,
+        local: dict[str, Path] | None = None,
     ):
         self.specs = specs
+        self.local = dict(local or {})  # file name -> a copy the user downloaded: verified, never deleted
         self.store = store
         self.prefix = prefix.strip("/")
         self.workdir = Path(workdir)
@@ -139,10 +141,11 @@ class Job:
         self._last_estimate = 0.0
 
     @classmethod
-    def from_args(cls, specs: list[FileSpec], store: Store, prefix: str, args, session=None) -> Job:
+    def from_args(cls, specs: list[FileSpec], store: Store, prefix: str, args, session=None,
+                  local: dict[str, Path] | None = None) -> Job:
         """A job with the flags of mllib.cli.add_download_args."""
         return cls(specs, store, prefix, args.workdir, jobs=args.jobs, keep_zips=args.keep_zips, session=session,
-                   bar=not args.no_progress, retries=args.retries)
+                   bar=not args.no_progress, retries=args.retries, local=local)
 
     def estimate(self, remaining_download: int, remaining_extract: int) -> tuple[float, str] | None:
         """(seconds left for the whole job, the line that says so), from the rates measured so far: download
@@ -194,10 +197,15 @@ class Job:
             for spec in todo:
                 if self._errors:
                     break
-                path = fetch(spec, self.workdir, session=self.session, progress=self.progress, bar=self.bar,
-                             on_chunk=self._tick, retries=self.retries, backoff=self.backoff)
-                summary.downloaded_bytes += path.stat().st_size
-                log.info("%s downloaded and verified (%.2f GB); extracting", spec.name, path.stat().st_size / 1e9)
+                if spec.name in self.local:
+                    path = verify_local(spec, self.local[spec.name])
+                    self._tick(path.stat().st_size)
+                    log.info("%s verified (%s, %.2f GB); extracting", spec.name, path, path.stat().st_size / 1e9)
+                else:
+                    path = fetch(spec, self.workdir, session=self.session, progress=self.progress, bar=self.bar,
+                                 on_chunk=self._tick, retries=self.retries, backoff=self.backoff)
+                    summary.downloaded_bytes += path.stat().st_size
+                    log.info("%s downloaded and verified (%.2f GB); extracting", spec.name, path.stat().st_size / 1e9)
                 self._log_estimate()
                 self._put((spec, path))  # waits while the previous zip is still being extracted
             self._put(None)
@@ -246,7 +254,7 @@ class Job:
                 self._remaining[1] -= self._sizes.get(spec.name, 0)
                 self._extracted_before = self.progress.extracted
                 log.info("%s: %d objects stored, %d already there, %.1f s", spec.name, r.stored, r.skipped, r.seconds)
-                if not self.keep_zips:
+                if not self.keep_zips and spec.name not in self.local:
                     path.unlink(missing_ok=True)
             except BaseException as e:  # noqa: BLE001 - handed to the main thread
                 self._errors.append(e)

@@ -1,9 +1,11 @@
-"""Zips streamed straight into the store: every member checked first, a manifest written last.
+"""Archives (zip, tar, tar.gz) streamed straight into the store: every member checked first, a manifest written last.
 
 `extract_to_store()` refuses, before anything is stored, unsafe member names (absolute, '..', '.', 'a//b', links,
 duplicates, too long, under .manifests/), zip bombs, and members that would replace another zip's objects with
 other content; then streams the members into the store under PREFIX/<member path> with concurrent uploads
-(zips inside the zip are extracted in place). The manifest (members, sizes, CRCs, the zip's size and digests)
+(zips inside the zip are extracted in place). Tars (plain, .tgz, .tbz2, .txz) get the same checks from a first
+pass over their headers (check_tar: also hard links, devices, sparse members and a member longer than its header
+says), then one sequential streaming pass: no extracted copy on local disk. The manifest (members, sizes, CRCs, the zip's size and digests)
 is written only after every member is stored, so an interrupted extraction is finished on the next run, and a
 finished one is skipped only when its manifest describes the very zip expected (`is_extracted`). A cancel event
 (Ctrl-C) stops it within seconds.
@@ -18,6 +20,7 @@ import stat
 import threading
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -40,6 +43,27 @@ MAX_KEY_BYTES = 1024  # S3's key limit
 MAX_NAME_BYTES = 255  # one path component, as local filesystems allow
 
 
+def check_name(name: str, archive: str) -> list[str]:
+    """The path components of a member name, after refusing absolute paths, '..', empty or '.' components ('a//b'),
+    names under .manifests/ and names too long for S3 or a local filesystem (zip and tar members alike)."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or p.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise DownloadError(f"{archive}: refusing member with an absolute path: {name!r}")
+    parts = name.replace("\\", "/").rstrip("/").split("/")
+    if ".." in parts:
+        raise DownloadError(f"{archive}: refusing member that escapes the folder: {name!r}")
+    return parts
+
+
+def check_file_name(name: str, parts: list[str], archive: str) -> None:
+    if any(c in ("", ".") for c in parts):
+        raise DownloadError(f"{archive}: refusing member with an empty or '.' path component: {name!r}")
+    if parts[0] == MANIFESTS:
+        raise DownloadError(f"{archive}: refusing member under {MANIFESTS}/ (where manifests live): {name!r}")
+    if len(name.encode()) > MAX_KEY_BYTES or any(len(c.encode()) > MAX_NAME_BYTES for c in parts):
+        raise DownloadError(f"{archive}: member name too long for the store: {name[:80]!r}...")
+
+
 def check_members(zf: zipfile.ZipFile, zip_name: str, max_total: int = MAX_TOTAL_BYTES,
                   max_ratio: float = MAX_RATIO) -> list[zipfile.ZipInfo]:
     """The file members of a zip, after refusing, before anything is stored: absolute paths, '..', '.', empty
@@ -48,23 +72,13 @@ def check_members(zf: zipfile.ZipFile, zip_name: str, max_total: int = MAX_TOTAL
     out, seen, total = [], set(), 0
     for info in zf.infolist():
         name = info.filename
-        p = PurePosixPath(name.replace("\\", "/"))
+        parts = check_name(name, zip_name)
         mode = info.external_attr >> 16
-        if name.startswith(("/", "\\")) or p.is_absolute() or (len(name) > 1 and name[1] == ":"):
-            raise DownloadError(f"{zip_name}: refusing member with an absolute path: {name!r}")
-        parts = name.replace("\\", "/").rstrip("/").split("/")
-        if ".." in parts:
-            raise DownloadError(f"{zip_name}: refusing member that escapes the folder: {name!r}")
         if stat.S_ISLNK(mode):
             raise DownloadError(f"{zip_name}: refusing symbolic link member: {name!r}")
         if name.endswith("/") or info.is_dir():
             continue
-        if any(c in ("", ".") for c in parts):
-            raise DownloadError(f"{zip_name}: refusing member with an empty or '.' path component: {name!r}")
-        if parts[0] == MANIFESTS:
-            raise DownloadError(f"{zip_name}: refusing member under {MANIFESTS}/ (where manifests live): {name!r}")
-        if len(name.encode()) > MAX_KEY_BYTES or any(len(c.encode()) > MAX_NAME_BYTES for c in parts):
-            raise DownloadError(f"{zip_name}: member name too long for the store: {name[:80]!r}...")
+        check_file_name(name, parts, zip_name)
         if name in seen:
             raise DownloadError(f"{zip_name}: member {name!r} appears twice")
         seen.add(name)
@@ -75,6 +89,91 @@ def check_members(zf: zipfile.ZipFile, zip_name: str, max_total: int = MAX_TOTAL
             raise DownloadError(f"{zip_name}: member {name!r} unpacks {info.file_size / max(1, info.compress_size):,.0f}"
                                 f" times its compressed size (over {max_ratio:g}: a zip bomb?)")
         out.append(info)
+    return out
+
+
+def archive_kind(path: str | os.PathLike, name: str | None = None) -> str:
+    """"zip", "tar" (plain, gzip, bzip2 or xz compressed) or "file" (stored as one object), from the file's first
+    bytes; a name that promises an archive (.zip, .tar, .tgz, .tar.gz) whose bytes are not one is an error."""
+    name = name or Path(path).name
+    with open(path, "rb") as f:
+        head = f.read(512)
+    low = name.lower()
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00" or head[257:262] == b"ustar":
+        return "tar"
+    if low.endswith(".zip"):
+        raise DownloadError(f"{name}: not a valid zip (no zip signature)")
+    if low.endswith((".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".tar.xz")):
+        raise DownloadError(f"{name}: not a valid tar archive")
+    return "file"
+
+
+def _tar_open(raw, name: str):
+    import tarfile
+
+    try:
+        return tarfile.open(fileobj=raw, mode="r:*")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DownloadError(f"{name}: not a valid tar archive ({e})") from None
+
+
+def check_tar(path: str | os.PathLike, name: str, max_total: int = MAX_TOTAL_BYTES,
+              max_ratio: float = MAX_RATIO) -> list:
+    """The regular-file members of a tar (plain, .tgz, .tbz2, .txz), after reading every header and refusing,
+    before anything is stored: the zip rules for names (absolute, '..', '.', 'a//b', .manifests/, too long,
+    duplicates), symbolic and hard links, device files, FIFOs, sparse and other special members, a total over the
+    cap or over max_ratio times the archive's size (a tar bomb), a truncated archive, and anything but the
+    end-of-archive marker after the last member (the sign of a member longer than its header says: its extra
+    bytes stand where the next header should be, which tarfile would silently take for the end)."""
+    import tarfile
+
+    size = os.path.getsize(path)
+    out, seen, total = [], set(), 0
+    with open(path, "rb") as raw:
+        tf = _tar_open(raw, name)
+        try:
+            while True:
+                try:
+                    m = tf.next()
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    raise DownloadError(f"{name}: damaged tar archive ({e})") from None
+                if m is None:
+                    break
+                parts = check_name(m.name, name)
+                if m.issym() or m.islnk():
+                    raise DownloadError(f"{name}: refusing {'symbolic' if m.issym() else 'hard'} link member: "
+                                        f"{m.name!r} -> {m.linkname!r}")
+                if m.isdev():
+                    raise DownloadError(f"{name}: refusing device or FIFO member: {m.name!r}")
+                if m.isdir():
+                    continue
+                if not m.isreg() or m.issparse():
+                    raise DownloadError(f"{name}: refusing special member (type {m.type!r}): {m.name!r}")
+                check_file_name(m.name, parts, name)
+                if m.name in seen:
+                    raise DownloadError(f"{name}: member {m.name!r} appears twice")
+                seen.add(m.name)
+                total += m.size
+                if total > max_total:
+                    raise DownloadError(f"{name}: unpacks to more than {max_total / 1e9:,.0f} GB (a tar bomb?)")
+                out.append(m)
+            if total > 1 << 20 and total > max_ratio * max(1, size):
+                raise DownloadError(f"{name}: unpacks {total / max(1, size):,.0f} times its size (over {max_ratio:g}:"
+                                    " a tar bomb?)")
+            # what follows the last member must be the end-of-archive marker: zero blocks to the end
+            try:
+                tf.fileobj.seek(tf.offset)
+                for chunk in iter(lambda: tf.fileobj.read(CHUNK), b""):
+                    if chunk.count(0) != len(chunk):
+                        raise DownloadError(
+                            f"{name}: data after the last readable member (offset {tf.offset:,d}) is not the end of "
+                            "the archive: a member longer than its header says, or a damaged archive; refusing")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DownloadError(f"{name}: damaged tar archive ({e})") from None
+        finally:
+            tf.close()
     return out
 
 
@@ -176,28 +275,35 @@ class _Extraction:
             raise Cancelled("interrupted")
         key = self.key(base, info)
         t = time.perf_counter()
-        have = self.existing.get(key)
-        skipped = False
         if info.file_size <= PART_SIZE * 4:
             with source.open(info) as f:
                 data = f.read()  # zipfile checks the CRC at the end of the member
-            if have is not None and have.size == len(data) and self.store.checksum(have) == etag_of_bytes(data):
-                skipped = True
-            else:
-                self.store.put_bytes(key, data)
+            skipped = self.put(key, data)
         else:  # large member (e.g. instances_train2017.json): stream it, multipart on S3
             with source.open(info) as f:
                 self.store.put_stream(key, _Cancellable(f, self.cancel), size=info.file_size)
+            skipped = False
+        self.done(key, info.file_size, info.CRC, skipped, info.compress_size, t)
+
+    def put(self, key: str, data: bytes) -> bool:
+        """Store one member's bytes; True when the very same object is already there (skipped)."""
+        have = self.existing.get(key)
+        if have is not None and have.size == len(data) and self.store.checksum(have) == etag_of_bytes(data):
+            return True
+        self.store.put_bytes(key, data)
+        return False
+
+    def done(self, key: str, size: int, crc: int, skipped: bool, archive_bytes: int, t: float) -> None:
         with self.lock:
-            self.members_out.append({"key": key, "size": info.file_size, "crc": f"{info.CRC:08x}"})
+            self.members_out.append({"key": key, "size": size, "crc": f"{crc:08x}"})
             self.report.skipped += skipped
             self.report.stored += not skipped
-            self.report.bytes += 0 if skipped else info.file_size
+            self.report.bytes += 0 if skipped else size
             if self.progress is not None:
-                self.progress.extracted += info.compress_size
+                self.progress.extracted += archive_bytes
                 self.progress.extract_seconds += time.perf_counter() - t
             if self.pbar is not None:
-                self.pbar.update(info.compress_size)
+                self.pbar.update(archive_bytes)
 
     def nested(self, zf: zipfile.ZipFile, inner: zipfile.ZipInfo) -> None:
         base = str(PurePosixPath(inner.filename).parent)
@@ -264,6 +370,128 @@ class _Extraction:
         return self.report
 
 
+class _Crc:
+    """A member stream that keeps the CRC-32 of what was read (a tar member's, for the manifest)."""
+
+    def __init__(self, f, cancel: threading.Event | None):
+        self.f, self.cancel, self.crc, self.n = f, cancel, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("interrupted")
+        b = self.f.read(n)
+        self.crc = zlib.crc32(b, self.crc)
+        self.n += len(b)
+        return b
+
+
+class _TarExtraction(_Extraction):
+    """One tar (plain or compressed) into the store: every header checked first (check_tar), then one sequential
+    pass that reads each member and hands it to the upload threads (at most a window of members in memory; a large
+    member streamed), then the manifest. No extracted copy on local disk."""
+
+    def run(self, zip_info: dict | None) -> ExtractReport:
+        t0 = time.perf_counter()
+        members = check_tar(self.zip_path, self.name)
+        self.owners = owned_keys(self.store, self.prefix, self.name)
+        for m in members:
+            owner = self.owners.get(f"{self.prefix}/{m.name}")
+            if owner is not None and owner[1] != m.size:
+                raise DownloadError(f"{self.name}: member {m.name!r} would replace {self.prefix}/{m.name}, which "
+                                    f"{owner[0]} stored with other content; refusing (an archive may only write its own"
+                                    " objects, or the very same bytes)")
+        for top in sorted({m.name.split("/", 1)[0] for m in members}):
+            self.existing.update((i.key, i) for i in self.store.list(f"{self.prefix}/{top}"))
+        self.report.members = len(members)
+        if self.bar:
+            from tqdm import tqdm
+
+            self.pbar = tqdm(total=self.zip_path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=f"extract {self.name}", dynamic_ncols=True, position=1, leave=False)
+        try:
+            with open(self.zip_path, "rb") as raw:
+                tf = _tar_open(raw, self.name)
+                try:
+                    run_all(lambda item: self.tar_one(*item), self._read(tf, raw, members), self.jobs, self.cancel)
+                finally:
+                    tf.close()
+        finally:
+            if self.pbar is not None:
+                self.pbar.close()
+        return self.finish(zip_info, t0)
+
+    def _read(self, tf, raw, members):
+        """(member, bytes, archive bytes read for it, start time) of each checked member, in archive order; large
+        members are streamed into the store here and yield nothing."""
+        import tarfile
+
+        wanted = iter(members)
+        last = raw.tell()
+        while True:
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("interrupted")
+            try:
+                m = tf.next()
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DownloadError(f"{self.name}: damaged tar archive ({e})") from None
+            if m is None:
+                break
+            if not m.isreg():
+                continue
+            want = next(wanted, None)
+            if want is None or (want.name, want.size) != (m.name, m.size):
+                raise DownloadError(f"{self.name}: the archive changed while it was extracted (member {m.name!r})")
+            t = time.perf_counter()
+            f = tf.extractfile(m)
+            key = f"{self.prefix}/{m.name}"
+            try:
+                if m.size <= PART_SIZE * 4 or key in self.owners:
+                    data = f.read()
+                    if len(data) != m.size:
+                        raise DownloadError(f"{self.name}: member {m.name!r} is truncated")
+                    pos = raw.tell()
+                    yield m, data, pos - last, t
+                    last = pos
+                else:
+                    src = _Crc(f, self.cancel)
+                    self.store.put_stream(key, src, size=m.size)
+                    if src.n != m.size:
+                        raise DownloadError(f"{self.name}: member {m.name!r} is truncated")
+                    pos = raw.tell()
+                    self.done(key, m.size, src.crc, False, pos - last, t)
+                    last = pos
+            except (tarfile.TarError, EOFError) as e:
+                raise DownloadError(f"{self.name}: damaged tar archive at {m.name!r} ({e})") from None
+        if next(wanted, None) is not None:
+            raise DownloadError(f"{self.name}: the archive changed while it was extracted (members missing)")
+
+    def tar_one(self, m, data: bytes, archive_bytes: int, t: float) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("interrupted")
+        key = f"{self.prefix}/{m.name}"
+        crc = zlib.crc32(data)
+        owner = self.owners.get(key)
+        if owner is not None and (owner[1], owner[2]) != (m.size, f"{crc:08x}"):
+            raise DownloadError(f"{self.name}: member {m.name!r} would replace {key}, which {owner[0]} stored with "
+                                "other content; refusing (an archive may only write its own objects, or the very "
+                                "same bytes)")
+        self.done(key, m.size, crc, self.put(key, data), archive_bytes, t)
+
+
+class _FileExtraction(_Extraction):
+    """A download that is not an archive (a split list, a README): stored as one object, prefix/<name>."""
+
+    def run(self, zip_info: dict | None) -> ExtractReport:
+        t0 = time.perf_counter()
+        check_file_name(self.name, check_name(self.name, self.name), self.name)
+        data = self.zip_path.read_bytes()
+        key = f"{self.prefix}/{self.name}"
+        self.existing = {i.key: i for i in self.store.list(key) if i.key == key}
+        self.report.members = 1
+        self.done(key, len(data), zlib.crc32(data), self.put(key, data), len(data), t0)
+        return self.finish(zip_info, t0)
+
+
 def extract_to_store(
     zip_path: str | os.PathLike,
     store: Store,
@@ -277,8 +505,12 @@ def extract_to_store(
     zip_info: dict | None = None,
     cancel: threading.Event | None = None,
 ) -> ExtractReport:
-    """Stream every member of a zip into store under prefix/<member path>; nested zips are extracted in place.
-    Setting `cancel` stops it within seconds: pending uploads are cancelled, a multipart upload is aborted."""
+    """Stream every member of an archive (zip, tar, tar.gz/.tgz, .tbz2, .txz) into store under
+    prefix/<member path>; nested zips are extracted in place; a file that is no archive is stored as
+    prefix/<its name>. Setting `cancel` stops it within seconds: pending uploads are cancelled, a multipart
+    upload is aborted."""
     zip_path = Path(zip_path)
     name = manifest_name or zip_path.name
-    return _Extraction(zip_path, store, prefix.strip("/"), name, jobs, workdir, progress, bar, cancel).run(zip_info)
+    kind = archive_kind(zip_path, name)
+    cls = {"zip": _Extraction, "tar": _TarExtraction, "file": _FileExtraction}[kind]
+    return cls(zip_path, store, prefix.strip("/"), name, jobs, workdir, progress, bar, cancel).run(zip_info)

@@ -111,6 +111,22 @@ def fetch(
     raise AssertionError("unreachable")
 
 
+def verify_local(spec: FileSpec, path: str | os.PathLike) -> Path:
+    """A file the user downloaded (a login-gated dataset's archive, --from_dir): checked against the size, sha256
+    and md5 known for it; an error naming the file and what differs. The file is never changed or deleted."""
+    path = Path(path)
+    if not path.is_file():
+        raise DownloadError(f"{spec.name}: {path} is not a file")
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    if spec.sha256 or spec.md5:
+        _hash_file(path, [sha, md5])
+    problem = _verify(spec, path, (sha.hexdigest(), md5.hexdigest()))
+    if problem:
+        raise DownloadError(f"{path} is not the expected {spec.name}: {problem} (a partial or different download? "
+                            "download it again)")
+    return path
+
+
 def _hash_file(path: Path, hashers, limit: int | None = None) -> None:
     left = limit
     with open(path, "rb") as f:

@@ -34,13 +34,18 @@ log = logging.getLogger(__name__)
 
 
 
-def parse_entries(spec: str | list, store: Store | None = None) -> list[Entry]:
-    """--datasets: a JSON list of source entries (mllib.sources.Spec), or a registered dataset's name."""
-    return msources.resolve(spec, store, what="--datasets")
+def parse_entries(spec: str | list, store: Store | None = None, classes_file: str | None = None) -> list[Entry]:
+    """--datasets: a JSON list of source entries (mllib.sources.Spec), or registered datasets' names
+    (comma-separated: combined, each through its map onto classes_file's class list, else the first's)."""
+    return msources.resolve(spec, store, what="--datasets", classes_file=classes_file)
 
 
-def default_entries(store: Store, dataset: str = "coco") -> list[Entry]:
-    """COCO train2017 and val2017 instances, plus the matching stuff annotations when they are in the store."""
+def default_entries(store: Store, dataset: str = "coco", classes_file: str | None = None) -> list[Entry]:
+    """--dataset: registered datasets by name (ade20k, voc2012-aug, ...; comma-separated: combined), else the COCO
+    folder datasets/<dataset>: train2017 and val2017 instances, plus the matching stuff annotations when stored."""
+    names = [n.strip() for n in dataset.split(",") if n.strip()]
+    if len(names) > 1 or (names and names[0] != "coco" and names[0] in msources.names()):
+        return msources.resolve(",".join(names), store, what="--dataset", classes_file=classes_file)
     out = [msources.Spec(**e) for e in msources.NAMED["coco"](dataset, store)]
     if not out:
         raise MllibError(

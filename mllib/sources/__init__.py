@@ -15,7 +15,9 @@
     check.py    what checkdataset.py reports: label values, pairs, sizes, class frequencies and weights
 
 A dataset is a list of specs (JSON, as cocorecord's --datasets and network2d's --source take them) or a registered
-name (`named()`: "coco", "cityscapes"), plus a class dictionary per entry.
+name (`named()`: "coco", "cityscapes" and the tables of registry.py: "ade20k", "voc2012", "voc2012-aug", "sbd",
+"cocostuff", "mapillary", "bdd100k"; several comma-separated names combine into one class space), plus a class
+dictionary per entry.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 
 from mllib import layout
 from mllib.labels import classes as mclasses
-from mllib.sources import coco, cvat, folder  # noqa: F401 - registers the types
+from mllib.sources import coco, cvat, folder, registry  # noqa: F401 - registers the types
 from mllib.sources.base import (
     LabelError,
     MissingLabel,
@@ -42,7 +44,7 @@ from mllib.sources.base import (
 )
 from mllib.store import Store
 
-__all__ = ["Concat", "LabelError", "MissingLabel", "Source", "SourceError", "Spec", "UnmappedLabel", "check_class_space", "entry_classes",
+__all__ = ["Concat", "LabelError", "MissingLabel", "Source", "SourceError", "Spec", "UnmappedLabel", "check_class_space", "combined", "entry_classes",
            "get", "load_classes", "named", "names", "open_source", "open_sources", "parse_specs", "register",
            "resolve", "set_classes", "types"]
 
@@ -67,29 +69,66 @@ def _cityscapes(dataset: str = "cityscapes", store: Store | None = None) -> list
              "labelpath": f"gtFine/{s}"} for s in ("train", "val")]
 
 
-NAMED = {"coco": _coco, "cityscapes": _cityscapes}
+NAMED = {"coco": _coco, "cityscapes": _cityscapes}  # the datasets with their own download scripts
 SEED_TYPES = ("coco", "cityscapes")  # a set of these defaults to coco.json, as the seed's cocorecord did
 
 
 def names() -> list[str]:
-    return sorted(NAMED)
+    return sorted(set(NAMED) | set(registry.names()))
 
 
-def named(name: str, store: Store | None = None) -> list[Spec]:
-    """The specs of a registered dataset (its sets as the download scripts store them)."""
+def named(name: str, store: Store | None = None, target: str | None = None) -> list[Spec]:
+    """The specs of a registered dataset (its sets as getdataset.py / the download scripts store them), each with
+    the class dictionary that maps it into `target`'s class list (a dictionary name or path; None: its own)."""
     try:
-        make = NAMED[name]
-    except KeyError:
-        raise SourceError(f"no registered dataset {name!r}: one of {', '.join(names())}, or a JSON source list") \
-            from None
-    return parse_specs(make(store=store), name)
+        t = registry.table(name)
+    except registry.RegistryError:
+        if name not in NAMED:
+            raise SourceError(f"no registered dataset {name!r}: one of {', '.join(names())}, or a JSON source list") \
+                from None
+        t = None
+    if name in NAMED:
+        entries = NAMED[name](store=store)
+        if t is not None and target is not None:
+            cf = t.dictionary_for(target)
+            if cf != t.classes or name != "coco":  # coco keeps the seed's default (coco.json) unless mapped
+                for e in entries:
+                    e["classes_file"] = cf
+        return parse_specs(entries, name)
+    try:
+        cf = t.dictionary_for(target)
+    except registry.RegistryError as e:
+        raise SourceError(str(e)) from None
+    entries = []
+    for e in t.sets:
+        e.setdefault("dataset", name)
+        e.setdefault("classes_file", cf)
+        entries.append(e)
+    return parse_specs(entries, name)
 
 
-def resolve(ref, store: Store | None = None, split: str | None = None, what: str = "--source") -> list[Spec]:
-    """Specs from a registered name, JSON text, a dict / Spec or a list of them; `split` keeps the entries of one
-    set ("train", "val")."""
-    if isinstance(ref, str) and re.fullmatch(r"\s*[A-Za-z0-9][\w.-]*\s*", ref):
-        specs = named(ref.strip(), store)
+def combined(refs: list[str], store: Store | None = None, classes_file: str | None = None) -> list[Spec]:
+    """Several registered datasets as one list of specs in one class space: `classes_file`'s, else the first
+    dataset's own dictionary (each dataset through its table's map onto it)."""
+    target = classes_file
+    if target is None and len(refs) > 1:
+        first = refs[0]
+        target = registry.table(first).classes if first in registry.names() else "coco"
+    out: list[Spec] = []
+    for r in refs:
+        out += named(r, store, target)
+    return out
+
+
+NAME_LIST = re.compile(r"\s*[A-Za-z0-9][\w.-]*(\s*,\s*[A-Za-z0-9][\w.-]*)*\s*")
+
+
+def resolve(ref, store: Store | None = None, split: str | None = None, what: str = "--source",
+            classes_file: str | None = None) -> list[Spec]:
+    """Specs from a registered name (or several, comma-separated: combined into one class space), JSON text, a
+    dict / Spec or a list of them; `split` keeps the entries of one set ("train", "val")."""
+    if isinstance(ref, str) and NAME_LIST.fullmatch(ref):
+        specs = combined([r.strip() for r in ref.split(",")], store, classes_file)
     else:
         specs = parse_specs(ref, what)
     if split is not None:
@@ -208,7 +247,7 @@ class Concat(Source):
 def open_sources(store: Store, specs, classes_file=None, crowd: str = "class") -> Source:
     """A set's entries opened as one source (one entry: that source itself), in the set's dictionary; an entry in
     another class space is an error naming it."""
-    specs = resolve(specs, store)
+    specs = resolve(specs, store, classes_file=classes_file)
     main = set_classes(store, specs, classes_file)
     parts = [get(s.type)(store, s, entry_classes(store, s, main), crowd=crowd) for s in specs]
     check_class_space(main, parts)

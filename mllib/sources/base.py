@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 __all__ = ["LABEL_FORMATS", "ColorTable", "LabelError", "MissingLabel", "SizeMismatch", "Source", "SourceError", "Spec",
            "UnmappedLabel", "get", "load_classes", "parse_specs", "register", "types"]
 
-LABEL_FORMATS = ("auto", "index", "color")
+LABEL_FORMATS = ("auto", "index", "color", "mat")
+MAT_FIELD = "GTcls.Segmentation"  # SBD's class maps (dataset/cls/*.mat)
+MAT_MAX_BYTES = 64 << 20  # a .mat label larger than this is refused unread
+MAT_MAX_INFLATED = 256 << 20  # nor one whose compressed element would unpack to more
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -82,6 +85,9 @@ class Spec:
     label_suffix: str | None = None
     split_file: str | None = None
     label_format: str = "auto"
+    exclude_split: str | None = None  # split lists whose names are left out (comma-separated keys)
+    label_offset: int = 0  # added to every label value but the ignore value (COCO-Stuff maps: +1 -> COCO ids)
+    mat_field: str | None = None  # the array of a .mat label (label_format "mat"); default GTcls.Segmentation
 
     def key(self, path: str) -> str:
         path = path.strip("/")
@@ -114,6 +120,7 @@ def get(type_name: str) -> type[Source]:
 
 
 OPTIONAL = {f.name for f in fields(Spec) if f.default is None}
+INTS = {f.name for f in fields(Spec) if f.type in ("int", int)}
 
 
 def parse_specs(spec, what: str = "--datasets") -> list[Spec]:
@@ -139,9 +146,13 @@ def parse_specs(spec, what: str = "--datasets") -> list[Spec]:
         if unknown:
             raise SourceError(f"{what} entry {n}: unknown field(s) {sorted(unknown)}; the fields are "
                               f"{', '.join(sorted(known))}")
-        wrong = sorted(k for k, v in d.items() if not (isinstance(v, str) or (v is None and k in OPTIONAL)))
+        wrong = sorted(k for k, v in d.items() if k not in INTS and not (isinstance(v, str) or (v is None and k in OPTIONAL)))
         if wrong:
             raise SourceError(f"{what} entry {n}: field(s) {wrong} must be strings")
+        wrong = sorted(k for k in INTS if k in d and (isinstance(d[k], bool) or not isinstance(d[k], int)
+                                                       or not -255 <= d[k] <= 255))
+        if wrong:
+            raise SourceError(f"{what} entry {n}: field(s) {wrong} must be integers -255..255")
         s = Spec(**d)
         if s.type not in _TYPES:
             raise SourceError(f"{what} entry {n}: type must be one of {', '.join(types())}, got {s.type!r}")
@@ -249,11 +260,14 @@ def get_or_none(store: Store, key: str) -> bytes | None:
 # ---------------------------------------------------------------------------------------------------------------
 # label images
 # ---------------------------------------------------------------------------------------------------------------
-def read_label(data: bytes, key: str, fmt: str = "auto") -> tuple[np.ndarray, bool]:
+def read_label(data: bytes, key: str, fmt: str = "auto", mat_field: str | None = None) -> tuple[np.ndarray, bool]:
     """(array, is_colour) of a label PNG: a palette PNG's indices (never its colours), 8- or 16-bit grey values,
-    or with fmt "color" (or "auto" for an RGB PNG) its RGB colours (HxWx3; a palette PNG's colours then)."""
+    or with fmt "color" (or "auto" for an RGB PNG) its RGB colours (HxWx3; a palette PNG's colours then); a MATLAB
+    .mat label (fmt "mat", or "auto" for a MAT-file): the integer array `mat_field` (SBD's GTcls.Segmentation)."""
     from PIL import Image
 
+    if fmt == "mat" or (fmt == "auto" and data[:6] == b"MATLAB"):
+        return read_mat(data, key, mat_field or MAT_FIELD), False
     try:
         kind, h, w, _ = images.info(data)
     except images.ImageError as e:
@@ -297,6 +311,76 @@ def read_label(data: bytes, key: str, fmt: str = "auto") -> tuple[np.ndarray, bo
         raise LabelError(f"label {key} is an {mode} colour PNG; label_format 'index' needs a single-channel (L, P "
                          "or 16-bit) PNG: use label_format 'color' to map its colours through the class dictionary")
     raise LabelError(f"label {key} is a PNG of mode {mode}, not an index (L, P, 16-bit) or colour (RGB) label")
+
+
+def _mat_inflation(data: bytes, key: str) -> None:
+    """Refuse a MAT-file (v5) whose compressed elements would unpack to more than MAT_MAX_INFLATED bytes, before
+    scipy inflates them whole."""
+    import struct
+    import zlib
+
+    order = "<" if data[126:128] == b"IM" else ">"
+    pos = 128
+    while pos + 8 <= len(data):
+        typ, n = struct.unpack(order + "II", data[pos:pos + 8])
+        if typ >> 16:  # small data element: tag and data in 8 bytes
+            pos += 8
+            continue
+        if typ == 15:  # miCOMPRESSED
+            d = zlib.decompressobj()
+            try:
+                d.decompress(data[pos + 8:pos + 8 + n], MAT_MAX_INFLATED)
+            except zlib.error as e:
+                raise LabelError(f"label {key} is unreadable: damaged compressed MAT element ({e})") from None
+            if d.unconsumed_tail:
+                raise LabelError(f"label {key}: a compressed MAT element unpacks to more than "
+                                 f"{MAT_MAX_INFLATED >> 20} MiB; refusing")
+            pos += 8 + n
+        else:
+            pos += 8 + n + (-n % 8)
+
+
+def read_mat(data: bytes, key: str, field: str) -> np.ndarray:
+    """The integer array `field` ("struct.field...", e.g. GTcls.Segmentation) of a MATLAB v5 .mat label, read with
+    scipy; a file too large, a compression bomb, a missing field or anything but a 2-D integer map is a LabelError."""
+    import scipy.io
+
+    if len(data) > MAT_MAX_BYTES:
+        raise LabelError(f"label {key} is {len(data) >> 20} MiB; .mat labels over {MAT_MAX_BYTES >> 20} MiB are refused")
+    if data[:6] != b"MATLAB" or len(data) < 128:
+        raise LabelError(f"label {key} is not a MATLAB .mat file")
+    _mat_inflation(data, key)
+    top, *rest = field.split(".")
+    try:
+        m = scipy.io.loadmat(io.BytesIO(data), variable_names=[top], struct_as_record=False, squeeze_me=True)
+    except NotImplementedError:
+        raise LabelError(f"label {key} is a MATLAB 7.3 (HDF5) file; save it as v5 (-v7) .mat") from None
+    except Exception as e:  # noqa: BLE001 - scipy raises many types for a broken file
+        raise LabelError(f"label {key} is unreadable: {type(e).__name__}: {str(e)[:200]}") from None
+    if top not in m:
+        raise LabelError(f"label {key} has no variable {top!r} (mat_field {field!r})")
+    v = m[top]
+    for f in rest:
+        try:
+            v = getattr(v, f)
+        except AttributeError:
+            raise LabelError(f"label {key}: {top} has no field {f!r} (mat_field {field!r})") from None
+    a = np.asarray(v)
+    if a.ndim != 2 or a.dtype.kind not in "uib":
+        raise LabelError(f"label {key}: {field} is a {a.dtype} array of shape {a.shape}, not a 2-D integer map")
+    images.check_size(*a.shape)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise LabelError(f"label {key}: {field} holds values outside 0..65535")
+    return np.ascontiguousarray(a.astype(np.uint8 if a.size == 0 or a.max() <= 255 else np.uint16, copy=False))
+
+
+def shift_values(arr: np.ndarray, offset: int, keep: int) -> np.ndarray:
+    """arr + offset, except `keep` (the ignore value), as uint16 (a value shifted below 0 becomes 65535: unmapped);
+    COCO-Stuff's maps hold COCO id - 1 and 255 for unlabeled."""
+    table = np.arange(65536 if arr.dtype == np.uint16 else 256, dtype=np.int64) + offset
+    table[keep] = keep
+    table[(table < 0) | (table > 65535)] = 65535
+    return table.astype(np.uint16)[arr]
 
 
 def value_counts(ids: np.ndarray) -> np.ndarray:
@@ -387,8 +471,9 @@ class LabelReader:
     """Label bytes -> trainIds for the sources whose labels are images: index values through the dictionary's lookup
     table, or colours through a ColorTable first; values it does not map are an UnmappedLabel naming the file."""
 
-    def __init__(self, d: mclasses.ClassDictionary, fmt: str, colors: ColorTable | None):
-        self.d, self.fmt, self._colors = d, fmt, colors
+    def __init__(self, d: mclasses.ClassDictionary, fmt: str, colors: ColorTable | None, offset: int = 0,
+                 mat_field: str | None = None):
+        self.d, self.fmt, self._colors, self.offset, self.mat_field = d, fmt, colors, offset, mat_field
         self.binary_warned = False
 
     @property
@@ -400,10 +485,12 @@ class LabelReader:
     def ids(self, data: bytes, key: str) -> tuple[np.ndarray, dict, bool, bool, np.ndarray | None]:
         """(id image, {unmapped value (or colour code): pixels}, is_colour, is a 0/255 mask, pixels per value or
         None) of label bytes."""
-        arr, colour = read_label(data, key, self.fmt)
+        arr, colour = read_label(data, key, self.fmt, self.mat_field)
         if colour:
             ids, bad = self.colors.ids_of(arr)
             return ids, bad, True, False, None
+        if self.offset:
+            arr = shift_values(arr, self.offset, self.d.ignore)
         counts = value_counts(arr)
         return arr, unmapped_values(counts, self.d), False, is_binary_mask(counts, self.d), counts
 

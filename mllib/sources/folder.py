@@ -8,13 +8,18 @@
 An image `<imagepath>/<stem><image_suffix>` pairs with the label `<labelpath>/<stem><label_suffix>`; stems may hold
 sub-folders. image_suffix defaults to any of .jpg/.jpeg/.png (several: comma-separated), label_suffix to .png,
 labelpath to imagepath (then the suffixes must tell images from labels). A split_file (a text key: one stem per
-line) restricts the items to the stems it lists, in the store's key order. Labels (label_format):
+line; several comma-separated: their union) restricts the items to the stems it lists, in the store's key order;
+exclude_split (keys, comma-separated) leaves out the stems its lists name (voc2012-aug: SBD train + val less VOC's
+lists). label_offset is added to every label value but the dictionary's ignore value before the dictionary maps it
+(COCO-Stuff's maps hold COCO id - 1). Labels (label_format):
 
     index   single-channel PNGs of dataset ids (8-bit L, palette PNGs read as their indices, 16-bit), mapped to
             trainIds by the class dictionary's ids; a value the dictionary does not list (and is not its ignore
             value) is an error naming the file
     color   RGB PNGs (or palette PNGs by their colours): each colour is the dictionary object of that colour
-    auto    RGB PNGs as color, the others as index
+    mat     MATLAB v5 .mat files (label_suffix ".mat"), the integer map mat_field (default GTcls.Segmentation,
+            SBD's), read with scipy
+    auto    RGB PNGs as color, MAT-files as mat, the others as index
 
 type "cityscapes" is this type with Cityscapes' names: `*_leftImg8bit.png` images under imagepath and
 `*_gtFine_labelIds.png` labels under labelpath, mapped by cityscapes_coco.json unless classes_file says otherwise.
@@ -88,11 +93,15 @@ class FolderSource(Source):
             raise SourceError(f"{self.describe()}: images and labels share the folder {self.image_prefix}/ and their "
                               f"suffixes ({', '.join(self.image_suffixes)} / {self.label_suffix}) do not tell them "
                               "apart: give labelpath, or image_suffix and label_suffix (e.g. '.jpg' and '_mask.png')")
-        self.reader = LabelReader(self.classes, spec.label_format, colors)
+        self.reader = LabelReader(self.classes, spec.label_format, colors, spec.label_offset, spec.mat_field)
         images = self._scan(self.image_prefix, self.image_suffixes,
                             exclude=self.label_suffix if same else None)
         labels = self._scan(self.label_prefix, (self.label_suffix,), exclude=None)
         split = self.split_stems()
+        excluded = self.excluded_stems()
+        if excluded:
+            images = {s: k for s, k in images.items() if s not in excluded}
+            labels = {s: k for s, k in labels.items() if s not in excluded}
         if split is not None:
             wanted = set(split)
             listed_missing = [s for s in dict.fromkeys(split) if s not in images]
@@ -115,7 +124,21 @@ class FolderSource(Source):
         return image, s.key(s.labelpath) if s.labelpath else image
 
     def split_stems(self) -> list[str] | None:
-        return read_split(self.store, self.spec.key(self.spec.split_file)) if self.spec.split_file else None
+        """The stems of the split list(s), in order (several lists, comma-separated: their union), less those of
+        the exclude_split list(s); None without a split_file."""
+        if not self.spec.split_file:
+            return None
+        stems: dict[str, None] = {}
+        for k in _suffixes(self.spec.split_file, ()):
+            stems.update(dict.fromkeys(read_split(self.store, self.spec.key(k))))
+        excluded = self.excluded_stems()
+        return [s for s in stems if s not in excluded]
+
+    def excluded_stems(self) -> set[str]:
+        out: set[str] = set()
+        for k in _suffixes(self.spec.exclude_split, ()):
+            out.update(read_split(self.store, self.spec.key(k)))
+        return out
 
     def _scan(self, prefix: str, suffixes: tuple[str, ...], exclude: str | None) -> dict[str, str]:
         """{stem: key} of the keys under prefix/ that end with one of suffixes (case-insensitive)."""
