@@ -1,6 +1,7 @@
 """Benchmark: zip extraction into S3 at any zip size, against put_dir of the same objects, one run.
 
     python3 bench/extract.py [--members 10000,118287] [--kb 20] [--jobs 16] [--unbounded 10000] [--put_dir 10000]
+                             [--tar 10000]
 
 Starts SeaweedFS on 127.0.0.1, builds zips of N members of --kb KB (incompressible, stored: like JPEGs in
 train2017.zip) and prints, per member count:
@@ -8,6 +9,8 @@ train2017.zip) and prints, per member count:
   unbounded : the same with every member submitted to the pool at once (the code before the bounded window), at
               the --unbounded counts only (it slows down as the zip grows)
   put_dir   : objects/s of Store.put_dir of the same objects from a folder, at the --put_dir counts
+  tar, tgz  : objects/s of the same members as a plain tar and a tar.gz (VOC's and SBD's formats), at the --tar
+              counts (goal: >= 0.8x the zip's)
 and the ratios: extraction at the largest count vs the smallest (goal: within 15%), extraction vs put_dir (goal
 >= 0.6x).
 """
@@ -19,6 +22,7 @@ import functools
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -37,6 +41,16 @@ def build_zip(path: Path, n: int, kb: int) -> None:
         for i in range(n):
             k = i % 4096  # members differ, as images do
             zf.writestr(f"train2017/{i:012d}.jpg", blob[k:k + kb * 1024])
+
+
+def build_tar(zip_path: Path, path: Path, mode: str) -> None:
+    """The zip's members, in its order, as a tar (mode "w") or tar.gz ("w:gz")."""
+    with zipfile.ZipFile(zip_path) as zf, tarfile.open(path, mode) as tf:
+        for info in zf.infolist():
+            ti = tarfile.TarInfo(info.filename)
+            ti.size = info.file_size
+            with zf.open(info) as f:
+                tf.addfile(ti, f)
 
 
 def extraction(server, zip_path: Path, jobs: int, unbounded: bool) -> float:
@@ -73,10 +87,12 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=16, help="upload threads (getcoco's --jobs default)")
     ap.add_argument("--unbounded", default="10000", help="counts at which to measure the unbounded pool too")
     ap.add_argument("--put_dir", default="10000", help="counts at which to measure put_dir too")
+    ap.add_argument("--tar", default="10000", help="counts at which to measure tar and tar.gz too")
     args = ap.parse_args()
     counts = [int(c) for c in args.members.split(",")]
     also_unbounded = {int(c) for c in args.unbounded.split(",") if c}
     also_put = {int(c) for c in args.put_dir.split(",") if c}
+    also_tar = {int(c) for c in args.tar.split(",") if c}
     with tempfile.TemporaryDirectory(prefix="mllib-bench-extract-") as tmp:
         tmp = Path(tmp)
         server = SeaweedS3(tmp / "weed").start()  # 200 volumes of 64 MB: 12.8 GB
@@ -96,6 +112,13 @@ def main() -> int:
                     if n in also_put:
                         pd = put_dir(server, zip_path, tmp, args.jobs)
                         line += f", put_dir {pd:6.1f} (extract / put_dir {rates[n] / pd:.2f}x, goal >= 0.6)"
+                    if n in also_tar:
+                        for fmt, mode in (("tar", "w"), ("tgz", "w:gz")):
+                            tar_path = tmp / f"train2017-{n}.{fmt}"
+                            build_tar(zip_path, tar_path, mode)
+                            r = extraction(server, tar_path, args.jobs, unbounded=False)
+                            line += f", {fmt} {r:6.1f} ({fmt} / zip {r / rates[n]:.2f}x, goal >= 0.8)"
+                            tar_path.unlink()
                     print(line, flush=True)
                     zip_path.unlink()
         finally:

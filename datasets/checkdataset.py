@@ -3,6 +3,7 @@
     python3 datasets/checkdataset.py --store s3://data --datasets '[{"type": "folder",
         "imagepath": "datasets/own/images", "labelpath": "datasets/own/masks", "classes_file": "datasets/own/own.json"}]'
     python3 datasets/checkdataset.py coco --set val --store s3://coco      # a registered dataset
+    python3 datasets/checkdataset.py ade20k --store s3://data              # (datasets/getdataset.py --list)
 
 reports label values the class dictionary does not map (file, values, pixels), images without labels, labels
 without images, image/label size mismatches, unreadable files, and per class its pixels, share and the images
@@ -29,7 +30,8 @@ def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
     p.add_argument("name", nargs="?", default=None,
-                   help="a registered dataset (coco, cityscapes); or give --datasets")
+                   help="a registered dataset (coco, cityscapes, ade20k, voc2012, voc2012-aug, sbd, cocostuff, "
+                        "mapillary, bdd100k; comma-separated: combined); or give --datasets")
     p.add_argument("--datasets", "--source", dest="datasets", default=None,
                    help="JSON list of source entries, as cocorecord.py --datasets takes them")
     p.add_argument("--set", default=None, help="check only the entries of this set (train, val)")
@@ -59,7 +61,8 @@ def run(args) -> int:
     if args.name and args.datasets:
         raise cli.MllibError("give a dataset name or --datasets, not both")
     store = cli.open_store(args)
-    specs = sources.resolve(args.name or args.datasets, store, args.set, what="--datasets")
+    specs = sources.resolve(args.name or args.datasets, store, args.set, what="--datasets",
+                            classes_file=args.classes_file)
     first = specs[0].key(specs[0].imagepath or specs[0].jsonpath).split("/")
     label = args.name or (first[1] if first[0] == "datasets" and len(first) > 2 else first[-1]) or "source"
     label += f"_{args.set}" if args.set else ""

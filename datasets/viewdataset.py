@@ -2,6 +2,7 @@
 label and class names.
 
     python3 datasets/viewdataset.py -trainingset_name coco --set val -n 16 --out coco_val.png
+    python3 datasets/viewdataset.py --source voc2012-aug --set train -n 16 --out aug.png   # a registered dataset
     python3 datasets/viewdataset.py --source '[{"type": "folder", "imagepath": "datasets/own/images",
         "labelpath": "datasets/own/masks", "classes_file": "datasets/own/own.json"}]' -n 16 --out own.png
 

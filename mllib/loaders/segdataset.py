@@ -175,7 +175,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Images + labels of trainIds from any source in the store, augmented, as (image, label, mean, std) tensors.
 
     `source`: a Source (mllib.sources), a spec (dict or JSON text, one entry or a list: entries are combined), or a
-    registered name ("coco", "cityscapes"); `split` keeps the entries of one set ("train", "val"). `classes`: the
+    registered name ("coco", "ade20k", "voc2012-aug", ...: getdataset.py --list); `split` keeps the entries of one set ("train", "val"). `classes`: the
     set's class dictionary (default: the first entry's, else coco.json).
 
     Seed-compatible defaults: float32 C x H x W normalized per image, int64 label. The compact form for training
@@ -217,7 +217,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if isinstance(source, msources.Source):
             self.source = source
         else:
-            specs = msources.resolve(source, self.store, split, what="source")
+            target = classes if isinstance(classes, str) else getattr(classes, "name", None)
+            specs = msources.resolve(source, self.store, split, what="source", classes_file=target)
             self.source = msources.open_sources(self.store, specs, classes, crowd)
         self.unpaired = self.source.check_pairs(skip_bad)  # an error naming them unless skip_bad
         self.classes = self.source.classes

@@ -90,8 +90,11 @@ def named(name: str, store: Store | None = None, target: str | None = None) -> l
     if name in NAMED:
         entries = NAMED[name](store=store)
         if t is not None and target is not None:
-            cf = t.dictionary_for(target)
-            if cf != t.classes or name != "coco":  # coco keeps the seed's default (coco.json) unless mapped
+            try:
+                cf = t.dictionary_for(target)
+            except registry.RegistryError:  # the seed's rule: COCO entries take the set's dictionary as it is
+                cf = None
+            if cf is not None and (cf != t.classes or name != "coco"):  # coco keeps the default unless mapped
                 for e in entries:
                     e["classes_file"] = cf
         return parse_specs(entries, name)

@@ -59,7 +59,7 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
 def _source_datasets(cfg, store: Store, class_dict, output: dict):
     """(train, val) from --source: entries with set "val" validate, the others train (all in one class space)."""
     st = store.with_bucket(cfg.bucket) if cfg.bucket else store
-    specs = msources.resolve(cfg.source, st)
+    specs = msources.resolve(cfg.source, st, classes_file=class_dict)
     classes = msources.set_classes(st, specs, class_dict)
     train_specs = [s for s in specs if s.set != "val"]
     val_specs = [s for s in specs if s.set == "val"]

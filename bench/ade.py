@@ -1,0 +1,159 @@
+"""Benchmark: an ADE20K-sized dataset through getdataset.py and cocorecord.py, against COCO's conversion of the same
+images, and peak memory at two sizes.
+
+    python3 bench/ade.py [--train 20210] [--val 2000] [--small 0.1] [--shared ../shared/data] [--jobs 2]
+
+Builds, from the real images of ../shared/data/coco-real under new names, an ADEChallengeData2016.zip in ADE20K's
+layout (labels: index PNGs 0..150 drawn from each image's real COCO annotations, category id -> 1..150) and, of the
+same images, a COCO mirror (bench/scale.py's); serves both on 127.0.0.1, starts SeaweedFS, and runs:
+  getdataset ade20k    download, verify, extract (datasets/getdataset.py --base_url --checksums)
+  ade cocorecord       cocorecord.py --dataset ade20k --jobs 2, at --small of the size and at the full size
+  coco cocorecord      getcoco.py then cocorecord.py --jobs 2 of the same images as COCO (JSON rendered)
+and prints per stage time, images/s and the peak memory of its process tree, then the goals: ADE20K's conversion
+per image no slower than COCO's (ratio >= 1.0), and peak memory flat with size (full / small <= 1.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from realcoco import DEFAULT_SHARED, require_sample
+from scale import ROOT, build_mirror, stage
+
+
+def ade_labels(real: Path) -> dict[str, bytes]:
+    """Per real image (file name): an ADE20K-style index PNG from its COCO annotations (0 where none)."""
+    import cv2
+    from pycocotools.coco import COCO
+
+    out = {}
+    for split in ("train2017", "val2017"):
+        coco = COCO(str(real / "annotations" / f"instances_{split}.json"))
+        for img_id, im in coco.imgs.items():
+            if not (real / split / im["file_name"]).exists():
+                continue
+            ids = np.zeros((im["height"], im["width"]), np.uint8)
+            for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+                ids[coco.annToMask(a) > 0] = a["category_id"] % 150 + 1
+            ok, png = cv2.imencode(".png", ids)
+            out[f"{split}/{im['file_name']}"] = png.tobytes()
+    return out
+
+
+def build_ade(real: Path, site: Path, n_train: int, n_val: int) -> int:
+    labels = ade_labels(real)
+    pool = sorted(labels)
+    root = "ADEChallengeData2016"
+    path = site / "ADEChallengeData2016.zip"
+    site.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{root}/objectInfo150.txt", "Idx\tRatio\tTrain\tVal\tName\n")
+        for split, prefix, n in (("training", "ADE_train", n_train), ("validation", "ADE_val", n_val)):
+            for k in range(n):
+                src = pool[k % len(pool)]
+                stem = f"{prefix}_{k + 1:08d}"
+                z.writestr(f"{root}/images/{split}/{stem}.jpg", (real / src).read_bytes())
+                z.writestr(f"{root}/annotations/{split}/{stem}.png", labels[src])
+    b = path.read_bytes()
+    (site / "checksums.tsv").write_text(f"url\tsize\tsha256\tmd5\nhttp://m/{path.name}\t{len(b)}\t"
+                                        f"{hashlib.sha256(b).hexdigest()}\t{hashlib.md5(b).hexdigest()}\n")
+    return len(b)
+
+
+def serve(site: Path):
+    from mllib.testing.seaweed import free_port
+
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "mllib.testing.mirror", str(site), "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return p, f"http://127.0.0.1:{port}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", type=int, default=20210)
+    ap.add_argument("--val", type=int, default=2000)
+    ap.add_argument("--small", type=float, default=0.1, help="the small run's fraction of the size")
+    ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    if not require_sample(args.shared):
+        return 1
+    from mllib.testing.seaweed import SeaweedS3
+
+    real = args.shared / "coco-real"
+    tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-ade-", dir=args.workdir))
+    n_all = args.train + args.val
+    small = (max(1, int(args.train * args.small)), max(1, int(args.val * args.small)))
+    rows = {}
+
+    def report(name, seconds, peak, n, extra=""):
+        rows[name] = (seconds, peak, n)
+        print(f"{name:22s}: {seconds:7.1f} s, {n / seconds:7.1f} images/s, peak memory {peak / 1e9:5.2f} GB {extra}",
+              flush=True)
+
+    server = SeaweedS3(tmp / "weed", volume_size_mb=1024, volumes=40).start()
+    try:
+        with server.environment():
+            env = dict(os.environ)
+            for bucket, (nt, nv) in (("small", small), ("full", (args.train, args.val))):
+                server.create_bucket(bucket)
+                site = tmp / f"ade-{bucket}"
+                size = build_ade(real, site, nt, nv)
+                print(f"{bucket}: ADEChallengeData2016.zip of {nt:,} + {nv:,} images, {size / 1e9:.2f} GB; "
+                      f"{os.cpu_count()} cores", flush=True)
+                mirror, url = serve(site)
+                try:
+                    secs, peak, _ = stage([sys.executable, str(ROOT / "datasets" / "getdataset.py"), "ade20k",
+                                           "--store", f"s3://{bucket}", "--base_url", url, "--checksums",
+                                           str(site / "checksums.tsv"), "--workdir", str(tmp / "dl"),
+                                           "--no_progress"], env)
+                    report(f"getdataset ade20k {bucket}", secs, peak, nt + nv)
+                finally:
+                    mirror.kill()
+                secs, peak, text = stage([sys.executable, str(ROOT / "datasets" / "cocorecord.py"),
+                                          "-trainingset_name", "ade", "--dataset", "ade20k", "--store",
+                                          f"s3://{bucket}", "--jobs", str(args.jobs), "--no_progress"], env)
+                report(f"ade cocorecord {bucket}", secs, peak, nt + nv, text.strip().splitlines()[-1][:90])
+
+            server.create_bucket("coco")
+            build_mirror(real, tmp / "coco-site", args.train, args.val)
+            mirror, url = serve(tmp / "coco-site")
+            try:
+                secs, peak, _ = stage([sys.executable, str(ROOT / "datasets" / "getcoco.py"), "--store", "s3://coco",
+                                       "--base_url", url, "--checksums", str(tmp / "coco-site" / "checksums.tsv"),
+                                       "--workdir", str(tmp / "dl"), "--files",
+                                       "train2017.zip,val2017.zip,annotations_trainval2017.zip", "--no_progress"], env)
+                report("getcoco (same images)", secs, peak, n_all)
+            finally:
+                mirror.kill()
+            secs, peak, text = stage([sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name",
+                                      "coco", "--store", "s3://coco", "--jobs", str(args.jobs), "--no_progress"], env)
+            report("coco cocorecord", secs, peak, n_all, text.strip().splitlines()[-1][:90])
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    ade, coco = rows["ade cocorecord full"], rows["coco cocorecord"]
+    ratio = (ade[2] / ade[0]) / (coco[2] / coco[0])
+    print(f"ADE20K conversion per image vs COCO's, {n_all:,} images: {ratio:.2f}x images/s (goal >= 1.0)")
+    sm = rows["ade cocorecord small"]
+    print(f"ADE20K conversion peak memory, {n_all:,} vs {sum(small):,} images: {ade[1] / 1e9:.2f} vs "
+          f"{sm[1] / 1e9:.2f} GB, {ade[1] / sm[1]:.2f}x (goal <= 1.25: flat with size)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
