@@ -291,3 +291,25 @@ def test_network2d_trains_from_a_folder_source(local_store, tmp_path, capsys):
     line = json.loads(metrics.read_text().splitlines()[0])
     assert set(line["val"]["iou"]) == {"background", "animal", "vehicle"}  # the source's own 3 classes
     assert "own: epoch 0" in capsys.readouterr().out
+
+
+def test_conversion_workers_take_the_folder_listing_instead_of_listing_again(local_store):
+    import pickle
+
+    from mllib.records.sources import Worker
+
+    put_own(local_store, "L", n=4)
+    specs = sources.resolve([FOLDER])
+    main = Worker(local_store, specs, None, "class", False)
+    assert main.items(0) == 4
+    shipped = pickle.loads(pickle.dumps(main.shippable()))  # what the spawned processes receive
+    assert set(shipped) == {0}
+    # a listing taken once: an object added afterwards is not in the workers' items (they did not list again)
+    first = main.source(0)
+    local_store.put_bytes("datasets/own/images/zz.jpg", local_store.get_bytes(first.image_keys[0]))
+    local_store.put_bytes("datasets/own/masks/zz.png", local_store.get_bytes(first.label_keys[0]))
+    assert Worker(local_store, specs, None, "class", False, shipped).items(0) == 4
+    assert Worker(local_store, specs, None, "class", False).items(0) == 5
+    w = Worker(local_store, specs, None, "class", False, shipped)
+    rec, counts, skipped = w.example(0, 0)
+    assert rec is not None and skipped is None

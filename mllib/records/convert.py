@@ -58,9 +58,9 @@ def default_entries(store: Store, dataset: str = "coco", classes_file: str | Non
 _worker: Worker | None = None
 
 
-def _init_worker(store, entries, main_classes, crowd, skip_bad):
+def _init_worker(store, entries, main_classes, crowd, skip_bad, preloaded=None):
     global _worker
-    _worker = Worker(store, entries, main_classes, crowd, skip_bad)
+    _worker = Worker(store, entries, main_classes, crowd, skip_bad, preloaded)
 
 
 READ_AHEAD = 16  # items whose store reads are in flight ahead of the one being converted (S3 only)
@@ -184,6 +184,7 @@ class Conversion:
             log.info("%d of %d shards already written, skipping them", len(results), len(tasks))
         total = sum(len(t["items"]) for t in todo)
         bar = tqdm(total=total, unit="img", desc=f"cocorecord {self.name}", disable=not self.bar, dynamic_ncols=True)
+        self._preloaded = main_worker.shippable()  # listings the worker processes take instead of listing again
         if self.engine == "ray" or (self.jobs > 1 and len(todo) > 1):
             main_worker.release()  # the shards are written by other processes: this one needs no index
         try:
@@ -226,7 +227,7 @@ class Conversion:
         ctx = mp.get_context("spawn")  # fork after boto3/TF threads is unsafe; workers load cached indexes
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(self.store, self.entries, self.classes_file, self.crowd,
-                                           self.skip_bad)) as pool:
+                                           self.skip_bad, getattr(self, "_preloaded", None))) as pool:
             futures = {pool.submit(_write_shard, t): t for t in todo}
             pending = set(futures)
             try:

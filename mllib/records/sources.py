@@ -26,10 +26,11 @@ Entry = Spec  # the seed's name for one entry of --datasets
 class Worker:
     """Per-process state of a conversion: the sources (indexes and listings loaded once), and the per-item work."""
 
-    def __init__(self, store, entries: list[Spec], main_classes, crowd: str, skip_bad: bool):
+    def __init__(self, store, entries: list[Spec], main_classes, crowd: str, skip_bad: bool,
+                 preloaded: dict[int, Source] | None = None):
         self.store, self.entries, self.crowd, self.skip_bad = store, entries, crowd, skip_bad
         self.classes = msources.set_classes(store, entries, main_classes)
-        self._sources: dict[int, Source] = {}
+        self._sources: dict[int, Source] = dict(preloaded or {})  # sources another process opened (shippable())
         self._lock = threading.Lock()  # the read-ahead threads ask for sources too: each is loaded once
 
     def source(self, k: int) -> Source:
@@ -45,6 +46,12 @@ class Worker:
 
     def items(self, k: int) -> int:
         return len(self.source(k))
+
+    def shippable(self) -> dict[int, Source]:
+        """The opened sources that are cheaper to send to another process than to open there (a folder's listing:
+        ~0.2 ms a key through S3 LIST in each process, vs pickled lists), by entry."""
+        with self._lock:
+            return {k: s for k, s in self._sources.items() if s.shippable}
 
     def release(self) -> None:
         """Drop the loaded sources (their indexes); a later call loads them again."""

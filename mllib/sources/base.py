@@ -198,6 +198,7 @@ class Source:
     type: ClassVar[str] = ""
     required: ClassVar[tuple[str, ...]] = ()
     brings_classes: ClassVar[bool] = False  # native_classes() gives the type's own dictionary (CVAT's labelmap)
+    shippable: ClassVar[bool] = False  # opened once and pickled to worker processes (listings), not opened again
 
     def __init__(self, store: Store, spec: Spec, classes: mclasses.ClassDictionary):
         self.store, self.spec, self.classes = store, spec, classes

@@ -79,6 +79,7 @@ def read_split(store: Store, key: str) -> list[str]:
 class FolderSource(Source):
     type = "folder"
     required = ("imagepath",)
+    shippable = True
     default_image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     default_label_suffix = ".png"
 
