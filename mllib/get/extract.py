@@ -119,6 +119,21 @@ def _tar_open(raw, name: str):
         raise DownloadError(f"{name}: not a valid tar archive ({e})") from None
 
 
+def _next_members(tf, name: str):
+    """The members of an open tar in archive order (headers read one at a time); a damaged header is an error
+    naming the archive."""
+    import tarfile
+
+    while True:
+        try:
+            m = tf.next()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DownloadError(f"{name}: damaged tar archive ({e})") from None
+        if m is None:
+            return
+        yield m
+
+
 def check_tar(path: str | os.PathLike, name: str, max_total: int = MAX_TOTAL_BYTES,
               max_ratio: float = MAX_RATIO) -> list:
     """The regular-file members of a tar (plain, .tgz, .tbz2, .txz), after reading every header and refusing,
@@ -134,13 +149,7 @@ def check_tar(path: str | os.PathLike, name: str, max_total: int = MAX_TOTAL_BYT
     with open(path, "rb") as raw:
         tf = _tar_open(raw, name)
         try:
-            while True:
-                try:
-                    m = tf.next()
-                except (tarfile.TarError, OSError, EOFError) as e:
-                    raise DownloadError(f"{name}: damaged tar archive ({e})") from None
-                if m is None:
-                    break
+            for m in _next_members(tf, name):
                 parts = check_name(m.name, name)
                 if m.issym() or m.islnk():
                     raise DownloadError(f"{name}: refusing {'symbolic' if m.issym() else 'hard'} link member: "
@@ -427,15 +436,9 @@ class _TarExtraction(_Extraction):
 
         wanted = iter(members)
         last = raw.tell()
-        while True:
+        for m in _next_members(tf, self.name):
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled("interrupted")
-            try:
-                m = tf.next()
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise DownloadError(f"{self.name}: damaged tar archive ({e})") from None
-            if m is None:
-                break
             if not m.isreg():
                 continue
             want = next(wanted, None)

@@ -9,10 +9,11 @@
 
     base.py     Spec (one entry's fields), Source (the interface), the registry of types, label readers
     coco.py     "coco": COCO instance (+ stuff) JSON, labels rendered
-    folder.py   "folder": images + label PNGs paired by stem (index, palette, 16-bit or colour labels);
+    folder.py   "folder": images + labels paired by stem (index, palette, 16-bit or colour PNGs, .mat maps);
                 "cityscapes": the same with Cityscapes' file names
     cvat.py     "cvat": CVAT's "Segmentation mask 1.1" export (labelmap.txt colours)
     check.py    what checkdataset.py reports: label values, pairs, sizes, class frequencies and weights
+    registry.py the public datasets' tables (mllib/datasets/registry/*.json): files, sets, dictionaries
 
 A dataset is a list of specs (JSON, as cocorecord's --datasets and network2d's --source take them) or a registered
 name (`named()`: "coco", "cityscapes" and the tables of registry.py: "ade20k", "voc2012", "voc2012-aug", "sbd",
