@@ -51,7 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--from_dir", default=None,
                    help="a folder holding the archives you downloaded yourself (login-gated datasets: mapillary, "
                         "bdd100k): verified and extracted from there, never deleted")
-    p.add_argument("--check", action="store_true", help="then run checkdataset.py on it (exit 1 on problems)")
+    p.add_argument("--check", action="store_true",
+                   help="then run checkdataset.py on it (exit 1 on problems; its report and contact sheet go to "
+                        "--workdir)")
     p.add_argument("--convert", type=checks.NAME, default=None, metavar="TRAININGSET",
                    help="then convert it into the training set trainingsets/TRAININGSET (cocorecord.py --dataset NAME)")
     cli.add_download_args(p)
@@ -173,7 +175,11 @@ def run(args) -> int:
         print(line)
     code = 0
     if args.check:
-        code = run_script("checkdataset", [t.name, *store_args(args), "--no_progress", "--log-level", args.log_level])
+        work = Path(args.workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        code = run_script("checkdataset", [t.name, *store_args(args), "--no_progress", "--log-level", args.log_level,
+                                           "--report", str(work / f"checkdataset_{t.name}.json"),
+                                           "--sheet", str(work / f"checkdataset_{t.name}.png")])
         if code:
             return code
     if args.convert:

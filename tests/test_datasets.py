@@ -51,6 +51,7 @@ def test_ade20k_download_check_convert_in_one_command(any_store, tmp_path, capsy
         out = capsys.readouterr().out
         assert f"ade20k in {any_store.url_for('datasets/ade20k')}" in out
         assert "0 problem(s)" in out
+        assert json.loads((tmp_path / "w" / "checkdataset_ade20k.json").read_text())["problems"]["unmapped"] == 0
         # stored at datasets/ade20k/<member path>, a manifest last; a re-run downloads nothing
         key = "datasets/ade20k/ADEChallengeData2016/images/training/ADE_train_00000001.jpg"
         assert any_store.exists(key)
