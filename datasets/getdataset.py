@@ -94,15 +94,17 @@ def specs_for(t: registry.Table, files: list[str] | None, base_url: str | None, 
     return out
 
 
+def needs_login(t: registry.Table, names: list[str]) -> MllibError:
+    return MllibError(f"{t.name} is downloaded after a login: get {', '.join(names)} from "
+                      f"{t.raw.get('homepage', 'its homepage')} (agree to its license), then run getdataset.py "
+                      f"{t.name} --from_dir FOLDER_HOLDING_THEM")
+
+
 def local_files(t: registry.Table, specs: list[fetching.FileSpec], from_dir: str | None) -> dict[str, Path]:
-    """The user's own downloads of a login-gated dataset (--from_dir), by file name; an error that says where to
-    download and what to pass when one is missing."""
+    """The user's own downloads (--from_dir), by file name; an error that says where to download when one is
+    missing."""
     where = t.raw.get("homepage", "its homepage")
     if from_dir is None:
-        if t.login:
-            raise MllibError(f"{t.name} is downloaded after a login: get {', '.join(s.name for s in specs)} from "
-                             f"{where} (agree to its license), then run getdataset.py {t.name} --from_dir "
-                             "FOLDER_HOLDING_THEM")
         return {}
     d = Path(from_dir)
     if not d.is_dir():
@@ -125,9 +127,8 @@ def get_one(t: registry.Table, store, args, done: set[str]) -> list[str]:
     if not t.files:
         return lines
     files = [n.strip() for n in args.files.split(",") if n.strip()] if args.files and t.name == args.name else None
-    if t.login and args.from_dir is None:
-        local_files(t, [fetching.FileSpec(f["name"], f["url"]) for f in t.files if not files or f["name"] in files],
-                    None)
+    if t.login and args.from_dir is None:  # before the warnings about what cannot be verified
+        raise needs_login(t, files or [f["name"] for f in t.files])
     specs = specs_for(t, files, args.base_url, args.checksums)
     local = local_files(t, specs, args.from_dir)
     prefix = layout.dataset(t.name)

@@ -273,11 +273,21 @@ class _Extraction:
 
     def check_owners(self, members, base: str, where: str) -> None:
         for m in members:
-            owner = self.owners.get(self.key(base, m))
-            if owner is not None and (owner[1], owner[2]) != (m.file_size, f"{m.CRC:08x}"):
-                raise DownloadError(f"{where}: member {m.filename!r} would replace {self.key(base, m)}, which "
-                                    f"{owner[0]} stored with other content; refusing (a zip may only write its own "
-                                    "objects, or the very same bytes)")
+            self.refuse_replacing(where, m.filename, self.key(base, m), m.file_size, m.CRC)
+
+    def refuse_replacing(self, where: str, member: str, key: str, size: int, crc: int | None) -> None:
+        """A DownloadError when `key` belongs to another archive extracted into the prefix and this member's bytes
+        differ (its size, and its CRC-32 when known): an archive may only write its own objects."""
+        owner = self.owners.get(key)
+        if owner is not None and (owner[1] != size or (crc is not None and owner[2] != f"{crc:08x}")):
+            raise DownloadError(f"{where}: member {member!r} would replace {key}, which {owner[0]} stored with other "
+                                "content; refusing (an archive may only write its own objects, or the very same "
+                                "bytes)")
+
+    def list_existing(self, names) -> None:
+        """The objects already there (an interrupted extraction), listing only the folders the members go into."""
+        for top in sorted({n.split("/", 1)[0] for n in names}):
+            self.existing.update((i.key, i) for i in self.store.list(f"{self.prefix}/{top}"))
 
     def one(self, info: zipfile.ZipInfo, source: zipfile.ZipFile, base: str) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -347,9 +357,7 @@ class _Extraction:
             nested = [m for m in members if m.filename.lower().endswith(".zip")]
             plain = [m for m in members if not m.filename.lower().endswith(".zip")]
             self.check_owners(plain, "", self.name)
-            # objects already there (an interrupted extraction): list only the folders this zip writes into
-            for top in sorted({m.filename.split("/", 1)[0] for m in members}):
-                self.existing.update((i.key, i) for i in self.store.list(f"{self.prefix}/{top}"))
+            self.list_existing(m.filename for m in members)
             self.report.members = len(members)
             if self.bar:
                 from tqdm import tqdm
@@ -403,14 +411,9 @@ class _TarExtraction(_Extraction):
         t0 = time.perf_counter()
         members = check_tar(self.zip_path, self.name)
         self.owners = owned_keys(self.store, self.prefix, self.name)
-        for m in members:
-            owner = self.owners.get(f"{self.prefix}/{m.name}")
-            if owner is not None and owner[1] != m.size:
-                raise DownloadError(f"{self.name}: member {m.name!r} would replace {self.prefix}/{m.name}, which "
-                                    f"{owner[0]} stored with other content; refusing (an archive may only write its own"
-                                    " objects, or the very same bytes)")
-        for top in sorted({m.name.split("/", 1)[0] for m in members}):
-            self.existing.update((i.key, i) for i in self.store.list(f"{self.prefix}/{top}"))
+        for m in members:  # sizes now; CRCs (no tar header has one) as each member is read
+            self.refuse_replacing(self.name, m.name, f"{self.prefix}/{m.name}", m.size, None)
+        self.list_existing(m.name for m in members)
         self.report.members = len(members)
         if self.bar:
             from tqdm import tqdm
@@ -473,11 +476,7 @@ class _TarExtraction(_Extraction):
             raise Cancelled("interrupted")
         key = f"{self.prefix}/{m.name}"
         crc = zlib.crc32(data)
-        owner = self.owners.get(key)
-        if owner is not None and (owner[1], owner[2]) != (m.size, f"{crc:08x}"):
-            raise DownloadError(f"{self.name}: member {m.name!r} would replace {key}, which {owner[0]} stored with "
-                                "other content; refusing (an archive may only write its own objects, or the very "
-                                "same bytes)")
+        self.refuse_replacing(self.name, m.name, key, m.size, crc)
         self.done(key, m.size, crc, self.put(key, data), archive_bytes, t)
 
 

@@ -81,34 +81,24 @@ def names() -> list[str]:
 def named(name: str, store: Store | None = None, target: str | None = None) -> list[Spec]:
     """The specs of a registered dataset (its sets as getdataset.py / the download scripts store them), each with
     the class dictionary that maps it into `target`'s class list (a dictionary name or path; None: its own)."""
-    try:
-        t = registry.table(name)
-    except registry.RegistryError:
-        if name not in NAMED:
-            raise SourceError(f"no registered dataset {name!r}: one of {', '.join(names())}, or a JSON source list") \
-                from None
-        t = None
-    if name in NAMED:
+    if name not in names():
+        raise SourceError(f"no registered dataset {name!r}: one of {', '.join(names())}, or a JSON source list")
+    t = registry.table(name)
+    if name in NAMED:  # sets found in the store; the types' own defaults unless a map onto `target` is asked for
         entries = NAMED[name](store=store)
-        if t is not None and target is not None:
-            try:
-                cf = t.dictionary_for(target)
-            except registry.RegistryError:  # the seed's rule: COCO entries take the set's dictionary as it is
-                cf = None
-            if cf is not None and (cf != t.classes or name != "coco"):  # coco keeps the default unless mapped
-                for e in entries:
-                    e["classes_file"] = cf
+        try:
+            cf = t.dictionary_for(target) if target is not None else None
+        except registry.RegistryError:  # the seed's rule: COCO entries take the set's dictionary as it is
+            cf = None
+        if cf is not None and (cf != t.classes or name != "coco"):  # coco keeps the default unless mapped
+            for e in entries:
+                e["classes_file"] = cf
         return parse_specs(entries, name)
     try:
         cf = t.dictionary_for(target)
     except registry.RegistryError as e:
         raise SourceError(str(e)) from None
-    entries = []
-    for e in t.sets:
-        e.setdefault("dataset", name)
-        e.setdefault("classes_file", cf)
-        entries.append(e)
-    return parse_specs(entries, name)
+    return parse_specs([{"dataset": name, "classes_file": cf, **e} for e in t.sets], name)
 
 
 def combined(refs: list[str], store: Store | None = None, classes_file: str | None = None) -> list[Spec]:

@@ -375,13 +375,13 @@ def read_mat(data: bytes, key: str, field: str) -> np.ndarray:
     return np.ascontiguousarray(a.astype(np.uint8 if a.size == 0 or a.max() <= 255 else np.uint16, copy=False))
 
 
-def shift_values(arr: np.ndarray, offset: int, keep: int) -> np.ndarray:
-    """arr + offset, except `keep` (the ignore value), as uint16 (a value shifted below 0 becomes 65535: unmapped);
-    COCO-Stuff's maps hold COCO id - 1 and 255 for unlabeled."""
-    table = np.arange(65536 if arr.dtype == np.uint16 else 256, dtype=np.int64) + offset
+def shift_table(n: int, offset: int, keep: int) -> np.ndarray:
+    """value -> value + offset for values 0..n-1, except `keep` (the ignore value); a value shifted below 0 or past
+    65535 becomes 65535 (unmapped). COCO-Stuff's maps hold COCO id - 1 and 255 for unlabeled."""
+    table = np.arange(n, dtype=np.int64) + offset
     table[keep] = keep
     table[(table < 0) | (table > 65535)] = 65535
-    return table.astype(np.uint16)[arr]
+    return table
 
 
 def value_counts(ids: np.ndarray) -> np.ndarray:
@@ -476,6 +476,10 @@ class LabelReader:
                  mat_field: str | None = None):
         self.d, self.fmt, self._colors, self.offset, self.mat_field = d, fmt, colors, offset, mat_field
         self.binary_warned = False
+        # with an offset, 8-bit labels stay as read: their pixel counts move through the shift table (256 sums) and
+        # the dictionary's lookup table is composed with it, so no pixel is shifted one by one
+        self.shift = shift_table(256, offset, d.ignore) if offset else None
+        self.lut = d.lut if self.shift is None else d.lut[np.minimum(self.shift, 255)]
 
     @property
     def colors(self) -> ColorTable:
@@ -490,9 +494,13 @@ class LabelReader:
         if colour:
             ids, bad = self.colors.ids_of(arr)
             return ids, bad, True, False, None
-        if self.offset:
-            arr = shift_values(arr, self.offset, self.d.ignore)
-        counts = value_counts(arr)
+        if self.offset and arr.dtype != np.uint8:  # 16-bit: shifted pixel by pixel (mapped values are < 256)
+            arr = shift_table(65536, self.offset, self.d.ignore).astype(np.uint16)[arr]
+            counts = value_counts(arr)
+        elif self.offset:
+            counts = np.bincount(self.shift, weights=value_counts(arr), minlength=256).astype(np.int64)
+        else:
+            counts = value_counts(arr)
         return arr, unmapped_values(counts, self.d), False, is_binary_mask(counts, self.d), counts
 
     def train_ids(self, data: bytes, key: str, hw: tuple[int, int] | None) -> np.ndarray:
@@ -503,7 +511,7 @@ class LabelReader:
         if binary and not self.binary_warned:
             self.binary_warned = True
             log.warning("%s", binary_warning(key, self.d))
-        return map_ids(ids, self.d.lut)
+        return map_ids(ids, self.lut if ids.dtype == np.uint8 else self.d.lut)
 
 
 def map_ids(ids: np.ndarray, lut: np.ndarray) -> np.ndarray:

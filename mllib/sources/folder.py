@@ -103,6 +103,7 @@ class FolderSource(Source):
         if excluded:
             images = {s: k for s, k in images.items() if s not in excluded}
             labels = {s: k for s, k in labels.items() if s not in excluded}
+            split = None if split is None else [s for s in split if s not in excluded]
         if split is not None:
             wanted = set(split)
             listed_missing = [s for s in dict.fromkeys(split) if s not in images]
@@ -125,17 +126,17 @@ class FolderSource(Source):
         return image, s.key(s.labelpath) if s.labelpath else image
 
     def split_stems(self) -> list[str] | None:
-        """The stems of the split list(s), in order (several lists, comma-separated: their union), less those of
-        the exclude_split list(s); None without a split_file."""
+        """The stems of the split list(s), in order (several lists, comma-separated: their union); None without a
+        split_file."""
         if not self.spec.split_file:
             return None
         stems: dict[str, None] = {}
         for k in _suffixes(self.spec.split_file, ()):
             stems.update(dict.fromkeys(read_split(self.store, self.spec.key(k))))
-        excluded = self.excluded_stems()
-        return [s for s in stems if s not in excluded]
+        return list(stems)
 
     def excluded_stems(self) -> set[str]:
+        """The stems the exclude_split list(s) name: left out of the items and of the split lists."""
         out: set[str] = set()
         for k in _suffixes(self.spec.exclude_split, ()):
             out.update(read_split(self.store, self.spec.key(k)))
