@@ -183,6 +183,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     leaves the float conversion and normalization to the GPU (mllib.loaders.gpu.BatchPrep).
     """
 
+    emit_index = False  # True: each sample also carries its index (a fifth field)
+
     def __init__(
         self,
         store=None,
@@ -369,6 +371,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             image = self.image_transform(image)
         if self.label_transform is not None:
             label_t = self.label_transform(label_t)
+        if self.emit_index:  # training's colour jitter is drawn from it (mllib.training.recipe)
+            return image, label_t, torch.from_numpy(mean), torch.from_numpy(std), torch.tensor(i, dtype=torch.int64)
         return image, label_t, torch.from_numpy(mean), torch.from_numpy(std)
 
     def __getitem__(self, i: int):

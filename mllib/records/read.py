@@ -157,6 +157,8 @@ class RecordsDataset(_torch_iterable()):
     Call set_epoch(e) each epoch (it reaches running workers through shared memory).
     """
 
+    emit_index = False  # True: each sample also carries its record's number in the set (a third field)
+
     def __init__(self, store: Store, name: str, set_name: str = "train", height: int = 512, width: int = 512,
                  augment: Augment | None = None, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256,
                  label_dtype: str = "uint8", rank: int | None = None, world_size: int | None = None):
@@ -315,7 +317,10 @@ class RecordsDataset(_torch_iterable()):
         img, label = r["image"], r["label"]
         m = self.augment.matrix(label.shape, (self.height, self.width), (self.seed, epoch, shard, record))
         out, lab = warp(img, label, m, (self.height, self.width), self.ignore)
-        return torch.from_numpy(chw_uint8(out)), torch.from_numpy(lab.astype(self.label_dtype, copy=False))
+        image, label_t = torch.from_numpy(chw_uint8(out)), torch.from_numpy(lab.astype(self.label_dtype, copy=False))
+        if self.emit_index:  # training's colour jitter is drawn from the record's number (mllib.training.recipe)
+            return image, label_t, torch.tensor(self.record_id(shard, record), dtype=torch.int64)
+        return image, label_t
 
     def __iter__(self):
         epoch = int(self._epoch[0])

@@ -169,6 +169,25 @@ def check_rows(rows: list[int], threads: int, src: Source | None = None, sizes: 
     return sums
 
 
+def class_weights(pixels, image_pixels=None) -> tuple[np.ndarray, np.ndarray]:
+    """(inverse, median) class weights from per-class pixel counts (the module's docstring says how); without the
+    pixels of the images containing each class (a records set's description has none), median frequency balancing
+    uses the global frequencies. Absent classes weigh 0."""
+    pixels = np.asarray(pixels, np.float64)
+    labelled = pixels.sum()
+    present = pixels > 0
+    freq = pixels / labelled if labelled else np.zeros(len(pixels))
+    inverse = np.where(present, 1.0 / np.maximum(freq * max(1, present.sum()), 1e-300), 0.0)
+    if image_pixels is None:
+        g = freq
+    else:
+        image_pixels = np.asarray(image_pixels, np.float64)
+        g = np.where(image_pixels > 0, pixels / np.maximum(image_pixels, 1), 0.0)
+    med = float(np.median(g[present])) if present.any() else 0.0
+    median = np.where(present, med / np.maximum(g, 1e-300), 0.0)
+    return inverse, median
+
+
 class Check:
     def __init__(self, store: Store, specs: list[Spec], classes_file=None, crowd: str = "class", jobs: int = 2,
                  threads: int = 16, bar: bool = True, sizes: bool = True):
@@ -214,12 +233,8 @@ class Check:
         c = d.classes
         pixels = sums.pixels[:c].astype(np.float64)
         labelled = pixels.sum()
-        present = pixels > 0
         freq = pixels / labelled if labelled else np.zeros(c)
-        inverse = np.where(present, 1.0 / np.maximum(freq * max(1, present.sum()), 1e-300), 0.0)
-        g = np.where(sums.image_pixels[:c] > 0, pixels / np.maximum(sums.image_pixels[:c], 1), 0.0)
-        med = float(np.median(g[present])) if present.any() else 0.0
-        median = np.where(present, med / np.maximum(g, 1e-300), 0.0)
+        inverse, median = class_weights(sums.pixels[:c], sums.image_pixels[:c])
         problems = {k: [p for p in sums.problems if p["kind"] == k] for k in PROBLEMS}
         table = [{"trainId": t, "name": d.names[t], "pixels": int(sums.pixels[t]), "fraction": round(float(freq[t]), 8),
                   "images": int(sums.images[t])} for t in range(c)]

@@ -121,7 +121,9 @@ def loaders(cfg, train_ds, val_ds, device, rank: int, world: int):
             sampler, cfg.batch_size, num_workers=cfg.num_workers), **kw, **extra)
     val = None
     if val_ds is not None and len(val_ds):
-        val_sampler = torch.utils.data.DistributedSampler(val_ds, world, rank, shuffle=False) \
+        from mllib.training.evaluate import Strided
+
+        val_sampler = Strided(len(val_ds), rank, world) \
             if world > 1 and not isinstance(val_ds, torch.utils.data.IterableDataset) else None
         val = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size, sampler=val_sampler, **kw)
     return train, sampler, val

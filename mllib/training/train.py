@@ -44,9 +44,10 @@ from mllib.checks import NAME, SEED, SIZE, Range, setting
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
 from mllib.store import NotFound, Store
+from mllib.training import evaluate as ev
+from mllib.training import models, recipe
 from mllib.training.data import base_dataset, datasets, loaders, tracker
-from mllib.training.metrics import ConfusionMatrix
-from mllib.training.unet import UNet
+from mllib.training.record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,32 @@ class TrainConfig:
     batch_size: int = setting(8, "images per step (per rank)", alias=True, check=Range(1))
     epochs: int = setting(10, "epochs to train", alias=True, check=Range(1))
     max_steps: int = setting(0, "stop after this many steps (0: no limit)", alias=True, check=Range(0))
-    learning_rate: float = setting(1e-3, "AdamW learning rate", alias=True, check=Range(0, lo_open=True, real=True))
+    learning_rate: float = setting(1e-3, "AdamW learning rate (the peak, with --lr_schedule)", alias=True,
+                                   check=Range(0, lo_open=True, real=True))
+    lr_schedule: str = setting("constant", "learning rate over the run's steps: constant, poly ((1 - t)^--poly_power, "
+                               "the field's default) or cosine; after --warmup_steps of linear warm-up",
+                               choices=("constant", "poly", "cosine"))
+    poly_power: float = setting(0.9, "exponent of the poly schedule", check=Range(0, lo_open=True, real=True))
+    warmup_steps: int = setting(0, "linear learning-rate warm-up over this many steps", check=Range(0))
+    weight_decay: float = setting(1e-4, "AdamW weight decay", check=Range(0, real=True))
+    class_weights: str = setting("none", "cross-entropy class weights from the training set's pixel counts: none, "
+                                 "inverse (1 / (C f_c)) or median (median frequency balancing); from a records set's "
+                                 "description, --class_stats, or a pass over the training labels",
+                                 choices=("none", "inverse", "median"))
+    class_stats: str | None = setting(None, "checkdataset.py's JSON report of the training set (its class weights)")
+    color_jitter: str = setting("", "photometric augmentation on the GPU batch: brightness,contrast,saturation,hue "
+                                "strengths, e.g. 0.4,0.4,0.4,0.1 ('' none); drawn from (seed, epoch, sample)")
+    arch: str = setting("unet", "network: unet (compact UNet, --model_width/--model_depth) or deeplabv3plus "
+                        "(ResNet --backbone)", choices=("unet", "deeplabv3plus"))
+    backbone: str = setting("resnet50", "DeepLabV3+ backbone", choices=("resnet50", "resnet101"))
+    output_stride: int = setting(16, "DeepLabV3+ output stride (16 or 8)", choices=(8, 16))
+    encoder_weights: str | None = setting(None, "a torchvision-named ResNet state dict (e.g. ImageNet weights) loaded "
+                                          "strictly into the DeepLabV3+ backbone before training")
+    val_mode: str = setting("whole", "validation after each epoch: whole (every image at its own size), slide "
+                            "(windows of the training crop, --val_stride) or center (the training-size center crop: "
+                            "fast, not comparable with published numbers)", choices=("whole", "slide", "center"))
+    val_stride: int = setting(0, "slide validation's stride (0: two thirds of the crop)", check=Range(0))
+    no_tensorboard: bool = setting(False, "no TensorBoard event files (by default in runs/<model_name>/)")
     num_workers: int = setting(4, "DataLoader worker processes", alias=True, check=Range(0, 1024))
     prefetch: int = setting(4, "batches prefetched per worker", check=Range(1))
     unordered: bool = setting(False, "take training batches as the workers finish them (DataLoader "
@@ -126,7 +152,8 @@ class TrainConfig:
         if self.unordered and self.checkpoint_every:
             raise MllibError("--unordered takes batches in the order workers finish them, so a step count does not "
                              "say which were consumed: use --checkpoint_every 0 with it (checkpoints at epoch ends)")
-        if min(self.height, self.width) < 2**self.model_depth:
+        jitter(self.color_jitter)  # checks it
+        if self.arch == "unet" and min(self.height, self.width) < 2**self.model_depth:
             raise MllibError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
                              f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
 
@@ -139,7 +166,34 @@ LIMITS = {f.name: f.metadata["check"] for f in fields(TrainConfig) if f.metadata
 # checkpoint and logging flags, --device, --amp
 RESUME_FIXED = ("trainingset", "train_image_path", "valset", "val_image_path", "val_fraction", "source", "records",
                 "class_dictionary", "height", "width", "imflags", "batch_size", "seed", "skip_bad", "normalize",
-                "model_width", "model_depth")
+                "model_width", "model_depth", "arch", "backbone", "output_stride", "lr_schedule", "poly_power",
+                "warmup_steps", "weight_decay", "class_weights", "color_jitter")
+
+
+def jitter(text: str) -> tuple[float, float, float, float] | None:
+    """--color_jitter as (brightness, contrast, saturation, hue) strengths, or None."""
+    if not str(text or "").strip():
+        return None
+    try:
+        v = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        v = ()
+    if len(v) != 4 or not all(math.isfinite(x) and x >= 0 for x in v) or v[3] > 0.5 or max(v[:3]) >= 1:
+        raise MllibError(f"--color_jitter must be four strengths brightness,contrast,saturation,hue (each 0 <= x < 1, "
+                         f"hue <= 0.5), e.g. 0.4,0.4,0.4,0.1; got {text!r}")
+    return v if any(v) else None
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of step `step` (0-based) over the peak: a pure function of the step, so a resumed run
+    continues the schedule exactly."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    t = min(step, total) / total if total > 0 else 0.0
+    if cfg.lr_schedule == "poly":
+        return warm * (1.0 - t) ** cfg.poly_power
+    if cfg.lr_schedule == "cosine":
+        return warm * 0.5 * (1.0 + math.cos(math.pi * t))
+    return warm
 
 EXIT_STOPPED = 75  # network2d.py's status after a SIGTERM/SIGINT stop with its checkpoint written (EX_TEMPFAIL)
 EXIT_GRACE_EXPIRED = 143  # ... and when the stop took longer than --stop_grace_s (the last whole checkpoint stays)
@@ -208,8 +262,8 @@ def load_checkpoint(store: Store, model_name: str, device) -> dict:
                          f"(it holds more than tensors and plain types, or is corrupt): {first[:300]}") from None
 
 
-def loss_fn(ignore: int) -> nn.Module:
-    return nn.CrossEntropyLoss(ignore_index=ignore)
+def loss_fn(ignore: int, weight: torch.Tensor | None = None) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore)
 
 
 def train_step(model, batch, optimizer, criterion, device, amp_dtype=None, scaler=None) -> torch.Tensor:
@@ -251,26 +305,6 @@ def step_rate(model, optimizer, criterion, batch, device, steps: int, amp_dtype=
     return rate
 
 
-@torch.no_grad()
-def evaluate(model, batches, device, n_classes: int, ignore: int, amp_dtype=None) -> ConfusionMatrix:
-    """Confusion matrix over (images, labels) batches already on the device; counted on the device, read once."""
-    model.eval()
-    counts = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
-    for images, labels in batches:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            pred = model(images).argmax(1)
-        t = labels.reshape(-1)
-        keep = (t != ignore) & (t >= 0) & (t < n_classes)
-        p = pred.reshape(-1)[keep].clamp(0, n_classes - 1)
-        counts += torch.bincount(t[keep] * n_classes + p, minlength=n_classes * n_classes)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(counts)
-    model.train()
-    cm = ConfusionMatrix(n_classes, ignore)
-    cm.matrix = counts.cpu().numpy().reshape(n_classes, n_classes)
-    return cm
-
-
 # -- the loop -----------------------------------------------------------------------------------------------------
 @dataclass
 class _Run:
@@ -286,6 +320,17 @@ class _Run:
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
     prep: BatchPrep
+    criterion: nn.Module
+    eval_data: object = None  # full-resolution validation images (whole / slide), or the center-crop loader
+    record: RunRecord | None = None
+    schedule_steps: int = 0  # the steps the learning-rate schedule spans (epochs x steps per epoch, kept on resume)
+    class_weights: list | None = None
+
+    def set_lr(self, step: int) -> float:
+        lr = self.cfg.learning_rate * lr_factor(self.cfg, step, self.schedule_steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
 
 
 def _amp(cfg: TrainConfig, device):
@@ -319,6 +364,8 @@ def _resume(run: _Run) -> tuple[int, int, list, dict | None]:
     ck = load_checkpoint(run.store, run.cfg.model_name, run.device)
     check_resumable(run.cfg, ck)
     epoch, step, history = restore(run.model, run.optimizer, run.scaler, ck)
+    if ck.get("schedule_steps"):
+        run.schedule_steps = int(ck["schedule_steps"])  # the schedule the run began with, whatever --epochs is now
     position = ck.get("position") if not ck.get("epoch_complete", True) else None
     if run.rank == 0:
         where = f", {position.get('samples', position.get('steps'))} {position['kind']} into the epoch" \
@@ -332,7 +379,8 @@ def _state(run: _Run, epoch: int, complete: bool, step: int, history: list, posi
             "epoch_complete": complete, "step": step, "metrics": history,
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "model_config": run.model.config, "classes": run.class_dict.to_dict(), "config": asdict(run.cfg),
-            "position": position, "epoch_stats": stats}
+            "position": position, "epoch_stats": stats, "schedule_steps": run.schedule_steps,
+            "class_weights": run.class_weights}
 
 
 def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metrics_path: Path, position=None) -> None:
@@ -425,12 +473,14 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float, ctl: _Con
 
     cfg = run.cfg
     run.net.train()
+    if isinstance(run.prep, recipe.JitterPrep):
+        run.prep.set_epoch(epoch)
     feed = DevicePrefetcher(loader, run.prep)
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=run.rank != 0 or cfg.no_progress,
                dynamic_ncols=True)
     stats = dict(stats or {"loss_sum": 0.0, "steps": 0, "seen": 0, "seconds": 0.0, "wait": 0.0})
     loss_sum = torch.zeros((), device=run.device)
-    criterion = loss_fn(run.class_dict.ignore)
+    criterion = run.criterion
     seen = steps = 0
     t0 = time.perf_counter()
 
@@ -439,15 +489,23 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float, ctl: _Con
                 "seen": stats["seen"] + seen, "seconds": stats["seconds"] + time.perf_counter() - t0,
                 "wait": stats["wait"] + feed.wait}
 
+    logged = (0, 0.0, 0, 0.0, 0.0)  # (steps, loss sum, seen, seconds, wait) at the last log line
     for batch in feed:
+        lr = run.set_lr(step)
         loss_sum += train_step(run.net, batch, run.optimizer, criterion, run.device, run.amp_dtype, run.scaler)
         step += 1
         steps += 1
         seen += len(batch[0]) * run.world
         if steps % max(1, cfg.log_every) == 0 or steps == len(loader):
             elapsed = time.perf_counter() - t0  # reading the loss here is the loop's only host sync
-            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}", img_s=f"{seen / elapsed:.1f}",
-                            data_wait=f"{100 * feed.wait / elapsed:.0f}%")
+            total = float(loss_sum)
+            bar.set_postfix(loss=f"{total / steps:.4f}", img_s=f"{seen / elapsed:.1f}",
+                            data_wait=f"{100 * feed.wait / elapsed:.0f}%", lr=f"{lr:.3g}")
+            if run.record is not None:  # the figures since the last log line
+                n, dt = steps - logged[0], max(elapsed - logged[3], 1e-9)
+                run.record.step(step, epoch, (total - logged[1]) / n, lr, (seen - logged[2]) / dt,
+                                (feed.wait - logged[4]) / dt)
+            logged = (steps, total, seen, elapsed, feed.wait)
         bar.update(1)
         if step >= max_steps:
             break
@@ -484,7 +542,28 @@ def _measure_step_rate(run: _Run, criterion) -> float | None:
     images = torch.randint(0, 256, shape, dtype=torch.uint8, device=run.device)
     labels = torch.randint(0, run.class_dict.classes, (cfg.batch_size, cfg.height, cfg.width), device=run.device)
     batch = run.prep((images, labels))
+    run.set_lr(0)
     return round(step_rate(run.net, run.optimizer, criterion, batch, run.device, n, run.amp_dtype, run.scaler), 2)
+
+
+def model_config(cfg: TrainConfig, classes: int) -> dict:
+    in_ch = 1 if cfg.imflags == 0 else 3
+    if cfg.arch == "deeplabv3plus":
+        return {"arch": "deeplabv3plus", "in_channels": in_ch, "classes": classes, "backbone": cfg.backbone,
+                "output_stride": cfg.output_stride}
+    return {"arch": "unet", "in_channels": in_ch, "classes": classes, "width": cfg.model_width,
+            "depth": cfg.model_depth}
+
+
+def make_model(cfg: TrainConfig, classes: int, device, world: int) -> nn.Module:
+    model = models.build(model_config(cfg, classes))
+    if cfg.encoder_weights and not cfg.resume:  # a resumed run has its weights in the checkpoint
+        models.load_encoder_weights(model, cfg.encoder_weights)
+    if world > 1 and device.type == "cuda":  # batch statistics over every rank's batch
+        pad_to, config = model.pad_to, model.config
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.pad_to, model.config = pad_to, config
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def fit(cfg: TrainConfig, store: Store) -> dict | None:
@@ -494,26 +573,105 @@ def fit(cfg: TrainConfig, store: Store) -> dict | None:
         torch.manual_seed(cfg.seed + rank)
         train_ds, val_ds = datasets(cfg, store, cfg.class_dictionary, rank, world)
         class_dict = base_dataset(train_ds).classes if cfg.source else classes.load(cfg.class_dictionary or "coco")
-        train_loader, sampler, val_loader = loaders(cfg, train_ds, val_ds, device, rank, world)
-        in_ch = 1 if cfg.imflags == 0 else 3
-        model = UNet(in_ch, class_dict.classes, width=cfg.model_width, depth=cfg.model_depth).to(device)
-        model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=1e-4)
+        strength = jitter(cfg.color_jitter)
+        if strength is not None:  # each sample carries its index: the jitter is drawn from it
+            base_dataset(train_ds).emit_index = True
+        train_loader, sampler, val_loader = loaders(cfg, train_ds, val_ds if cfg.val_mode == "center" else None,
+                                                    device, rank, world)
+        eval_data = val_loader if cfg.val_mode == "center" else \
+            ev.eval_data(cfg, store, class_dict, rank, world, val_ds=val_ds)
+        model = make_model(cfg, class_dict.classes, device, world)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         amp_dtype, scaler = _amp(cfg, device)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if world > 1 else model
         if cfg.compile:
             net = torch.compile(net)
-        run = _Run(cfg, store, rank, world, device, class_dict, model, net, optimizer, amp_dtype, scaler,
-                   BatchPrep(device, cfg.normalize))
+        weights = recipe.class_weights(cfg, store, train_ds, class_dict) if not cfg.resume else None
+        prep = recipe.JitterPrep(device, cfg.normalize, strength, cfg.seed) if strength is not None \
+            else BatchPrep(device, cfg.normalize)
+        run = _Run(cfg, store, rank, world, device, class_dict, model, net, optimizer, amp_dtype, scaler, prep,
+                   loss_fn(class_dict.ignore), eval_data, schedule_steps=cfg.epochs * len(train_loader))
         epoch, step, history, (position, stats) = _resume(run) if cfg.resume else (0, 0, [], (None, None))
+        if cfg.resume and cfg.class_weights != "none":  # the weights the run began with
+            weights = torch.tensor(_checkpoint_weights(run), dtype=torch.float32)
+        if weights is not None:
+            run.class_weights = weights.tolist()
+            run.criterion = loss_fn(class_dict.ignore, weights.to(device))
+        if rank == 0:
+            run.record = RunRecord(Path(cfg.metrics_file).parent if cfg.metrics_file else
+                                   Path(layout.run_metrics(cfg.model_name)).parent, not cfg.no_tensorboard)
+            run.record.config(asdict(cfg), model=model.config, classes=class_dict.to_dict(), world_size=world,
+                              schedule_steps=run.schedule_steps, class_weights=run.class_weights,
+                              device=str(device))
         pos = tracker(cfg, train_ds, sampler)
         ctl = _Control(cfg, rank, world)
-        with ctl.signals():
-            return _train(run, train_loader, pos, ctl, val_loader, train_ds, epoch, step, history, position, stats)
+        try:
+            with ctl.signals():
+                return _train(run, train_loader, pos, ctl, train_ds, epoch, step, history, position, stats)
+        finally:
+            if run.record is not None:
+                run.record.close()
+            for loader in (train_loader, val_loader):
+                close_loader(loader)
 
 
-def _train(run: _Run, train_loader, pos, ctl: _Control, val_loader, train_ds, epoch: int, step: int, history: list,
+def close_loader(loader) -> None:
+    """Stop a DataLoader's persistent workers now. They ignore SIGTERM (training_worker_init), so a loader still
+    referenced when the interpreter exits would leave multiprocessing's exit handler joining them forever."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+        loader._iterator = None
+
+
+def _checkpoint_weights(run: _Run) -> list:
+    ck = load_checkpoint(run.store, run.cfg.model_name, "cpu")
+    if not ck.get("class_weights"):
+        raise MllibError(f"--resume: the checkpoint has no class weights; it was made with --class_weights "
+                         f"{(ck.get('config') or {}).get('class_weights', 'none')!r}")
+    return ck["class_weights"]
+
+
+def validate(run: _Run, picture: bool = False) -> tuple[dict | None, object]:
+    """The epoch's validation (--val_mode) with network2d's model: (report, a picture of image | label | prediction
+    of the first images, or None)."""
+    if run.eval_data is None:
+        return None, None
+    cfg = run.cfg
+    shown = []
+
+    def each(k, name, image, label, pred):
+        if len(shown) < 4:
+            shown.append((name, image, label, pred))
+
+    if cfg.val_mode == "center":
+        loader = DevicePrefetcher(run.eval_data, run.prep)  # (images, labels) already on the device
+        prep = _OnDevice()
+    else:
+        loader = ev.eval_loader(run.eval_data, min(cfg.num_workers, 8), run.rank, run.world)
+        prep = BatchPrep(run.device, cfg.normalize)
+    crop = (cfg.height, cfg.width)
+    stride = (cfg.val_stride, cfg.val_stride) if cfg.val_stride else ev.stride_for(crop)
+    cm, n = ev.evaluate(run.model, loader, prep, run.device, run.class_dict.classes, run.class_dict.ignore,
+                        mode=cfg.val_mode, crop=crop, stride=stride, amp_dtype=run.amp_dtype, world=run.world,
+                        each=each if picture and cfg.val_mode != "center" else None)
+    report = {**cm.report(run.class_dict.names), "images": n, "mode": cfg.val_mode}
+    sheet = ev.sample_sheet(shown, run.class_dict, 192) if shown else None
+    return report, sheet
+
+
+class _OnDevice:
+    """The prep of batches DevicePrefetcher has already prepared."""
+
+    def images(self, x):
+        return x
+
+    def labels(self, y):
+        return y
+
+
+def _train(run: _Run, train_loader, pos, ctl: _Control, train_ds, epoch: int, step: int, history: list,
            position: dict | None, stats: dict | None):
     cfg = run.cfg
     if cfg.unordered and run.rank == 0:
@@ -523,8 +681,7 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, val_loader, train_ds, ep
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
     last: dict = history[-1] if history else {}
     max_steps = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else math.inf
-    gpu_rate = _measure_step_rate(run, loss_fn(run.class_dict.ignore)) \
-        if epoch < cfg.epochs and step < max_steps else None
+    gpu_rate = _measure_step_rate(run, run.criterion) if epoch < cfg.epochs and step < max_steps else None
     while epoch < cfg.epochs and step < max_steps:
         resumed = position is not None and position["epoch"] == epoch
         pos.begin(epoch, position if resumed else None)
@@ -532,22 +689,24 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, val_loader, train_ds, ep
         step, seen, elapsed, wait, loss, complete, taken = _epoch(run, train_loader, epoch, step, max_steps, ctl,
                                                                   pos, stats if resumed else None, history)
         position = stats = None
-        cm = evaluate(run.net, DevicePrefetcher(val_loader, run.prep), run.device, run.class_dict.classes,
-                      run.class_dict.ignore, run.amp_dtype) if val_loader is not None else None
+        val, picture = validate(run, picture=run.record is not None)
         elapsed = max(elapsed, 1e-9)
         last = {"epoch": epoch, "step": step, "train_loss": loss, "images_per_s": round(seen / elapsed, 2),
                 "data_wait_fraction": round(wait / elapsed, 4), "seconds": round(elapsed, 2),
                 "gpu_only_images_per_s": round(gpu_rate * run.world, 2) if gpu_rate else None,
                 "vs_gpu_only": round(seen / elapsed / (gpu_rate * run.world), 3) if gpu_rate else None,
-                "device": str(run.device), "world_size": run.world,
-                "val": cm.report(run.class_dict.names) if cm is not None else None}
+                "device": str(run.device), "world_size": run.world, "lr": run.optimizer.param_groups[0]["lr"],
+                "val": val}
         history.append(last)
         if run.rank == 0:  # cut short by --max_steps: the position says where the epoch goes on
             _save(run, epoch, complete, step, history, metrics_path, None if complete else pos.state(
                 epoch, 0 if cfg.unordered else taken))
+            run.record.epoch(last, picture)
+            run.record.curves(history)
             miou = last["val"]["miou"] if last["val"] else None
-            log.info("epoch %d: loss %.4f, val mIoU %s, %.1f images/s, data wait %.0f%%", epoch,
-                     last["train_loss"] or float("nan"), miou, last["images_per_s"], 100 * last["data_wait_fraction"])
+            log.info("epoch %d: loss %.4f, val mIoU %s (%s), %.1f images/s, data wait %.0f%%", epoch,
+                     last["train_loss"] or float("nan"), miou, cfg.val_mode, last["images_per_s"],
+                     100 * last["data_wait_fraction"])
         ctl.saved()
         epoch += 1
     if run.world > 1:
