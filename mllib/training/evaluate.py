@@ -226,7 +226,7 @@ def confusion_png(path, cm: ConfusionMatrix, names: list[str]) -> None:
     rows = m.sum(1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     n = len(names)
-    size = min(24.0, 3 + 0.35 * n)
+    size = min(24.0, 4.5 + 0.35 * n)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
     if n <= 60:
@@ -239,10 +239,10 @@ def confusion_png(path, cm: ConfusionMatrix, names: list[str]) -> None:
                         color="white" if norm[i, j] < 0.6 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion (rows: share of each true class's pixels), mIoU {cm.miou():.4f}")
+    ax.set_title(f"confusion, rows normalized; mIoU {cm.miou():.4f}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -262,3 +262,70 @@ def sample_sheet(samples, classes, size: int = 256) -> np.ndarray:
                                     tile(img, pr, classes, size, caption="prediction")], axis=1))
     sheet = np.concatenate(rows, axis=0)
     return np.concatenate([sheet, legend(classes, sheet.shape[1])], axis=0)
+
+
+# -- a checkpoint, its data, its report -----------------------------------------------------------------------------
+def load_model(store, key: str, device) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on `device`, the checkpoint) from a network2d checkpoint in the store."""
+    from mllib.store import NotFound
+    from mllib.training import models
+    from mllib.training.train import load_checkpoint
+
+    try:
+        ck = load_checkpoint(store, None, device, key=key)
+    except NotFound:
+        raise MllibError(f"no checkpoint at {store.url_for(key)} (train with network2d.py first)") from None
+    if "model" not in ck or "model_config" not in ck:
+        raise MllibError(f"{store.url_for(key)} is not a network2d checkpoint (no model or model_config)")
+    model = models.build(ck["model_config"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise MllibError(f"{store.url_for(key)}: the weights do not fit its model_config "
+                         f"({str(e).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), ck
+
+
+def set_name(text: str) -> str:
+    """A folder name for an evaluation set (runs/<model>/eval/<set>/)."""
+    import hashlib
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    if clean and len(clean) <= 60 and clean == text:
+        return clean
+    return (clean[:40].strip("._") or "set") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def write_report(folder, report: dict, cm: ConfusionMatrix, classes, samples=()) -> list[str]:
+    """report.json, confusion.png and (with samples) samples.png into `folder`; their paths."""
+    import json
+    from pathlib import Path
+
+    from mllib.atomic import atomic_write
+    from mllib.labels.display import write_png
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / "report.json", "w") as f:
+        json.dump(report, f, indent=1)
+    out = [str(folder / "report.json")]
+    confusion_png(folder / "confusion.png.tmp", cm, classes.names)
+    (folder / "confusion.png.tmp").replace(folder / "confusion.png")
+    out.append(str(folder / "confusion.png"))
+    if samples:
+        write_png(folder / "samples.png.tmp", sample_sheet(samples, classes))
+        (folder / "samples.png.tmp").replace(folder / "samples.png")
+        out.append(str(folder / "samples.png"))
+    return out
+
+
+def table(report: dict) -> str:
+    """The per-class table: IoU and accuracy of each class ('-' where not counted)."""
+    names = list(report["iou"])
+    w = max(8, *(len(n) for n in names))
+    rows = [f"{'class':<{w}}  {'IoU':>8}  {'Acc':>8}"]
+    for n in names:
+        iou, acc = report["iou"][n], report["accuracy"][n]
+        rows.append(f"{n:<{w}}  {('-' if iou is None else f'{iou:.4f}'):>8}  {('-' if acc is None else f'{acc:.4f}'):>8}")
+    return "\n".join(rows)

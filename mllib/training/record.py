@@ -97,6 +97,9 @@ class RunRecord:
         val = [(m["epoch"], m["val"]["miou"]) for m in history if m.get("val") and m["val"].get("miou") is not None]
         if val:
             axes[2].plot([e for e, _ in val], [v for _, v in val], marker="o", color="tab:green")
+        from matplotlib.ticker import MaxNLocator
+
+        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax, title, xlabel in zip(axes, ("training loss", "learning rate", "validation mIoU"),
                                      ("step", "step", "epoch"), strict=True):
             ax.set_title(title)

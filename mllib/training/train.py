@@ -247,12 +247,15 @@ def save_checkpoint(store: Store, model_name: str, state: dict) -> None:
     store.put_bytes(checkpoint_key(model_name), buf.getvalue())  # atomic on both backends
 
 
-def load_checkpoint(store: Store, model_name: str, device) -> dict:
-    """A checkpoint, loaded with weights_only=True: tensors and plain types only, never code from the store."""
-    key = checkpoint_key(model_name)
+def load_checkpoint(store: Store, model_name: str | None, device, key: str | None = None) -> dict:
+    """A checkpoint (models/<model_name>/checkpoint.pt, or `key`), loaded with weights_only=True: tensors and plain
+    types only, never code from the store."""
+    key = key or checkpoint_key(model_name)
     try:
         data = store.get_bytes(key)
     except NotFound:
+        if model_name is None:
+            raise
         raise MllibError(f"--resume: no checkpoint at {store.url_for(key)}; train without --resume first") from None
     try:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
