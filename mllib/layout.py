@@ -6,10 +6,11 @@
     trainingsets/<name>/description.json          a TFRecord training set (cocorecord.py), written last
     trainingsets/<name>/<set>-00000-of-00004.tfrecord
     trainingsets/<name>/.shards/<shard>.json      a written shard's stats (what a re-run skips)
-    trainingsets/<name>/tests.json                segment/test.py's results
     models/<model>/checkpoint.pt, metrics.jsonl   training (network2d.py)
     models/<model>/model.keras, training.json     training (segment/train.py)
-    runs/<model>/metrics.jsonl                    network2d's metrics on local disk (a path, not a key)
+    models/<model>/eval/<trainingset>-<set>.json  segment/test.py's results (one per model and set)
+    runs/<model>/metrics.jsonl, config.json, ...  network2d's run record on local disk (a path, not a key)
+    runs/<model>/eval/<set>/report.json, ...      networks/evaluate.py's and segment/test.py's reports
 """
 
 from __future__ import annotations
@@ -84,10 +85,6 @@ def is_own_shard_key(rel: str) -> bool:
     return "/" not in rel or (rel.startswith(SHARD_STATS + "/") and rel.count("/") == 1)
 
 
-def tests(name: str) -> str:
-    return f"{trainingset(name)}/tests.json"
-
-
 def model(name: str) -> str:
     return f"{MODELS}/{name}"
 
@@ -98,6 +95,11 @@ def checkpoint(name: str) -> str:
 
 def model_metrics(name: str) -> str:
     return f"{model(name)}/metrics.jsonl"
+
+
+def model_eval(name: str, set_name: str) -> str:
+    """A model's evaluation result on one set (segment/test.py), beside the model: one file per model and set."""
+    return f"{model(name)}/eval/{set_name}.json"
 
 
 KERAS_MODEL = "model.keras"

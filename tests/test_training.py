@@ -140,9 +140,14 @@ def test_segment_train_and_test(local_store, tmp_path, capsys):
     info = json.loads(local_store.get_bytes("models/u/training.json"))
     assert info["trainingset"] == "tiny" and len(info["loss"]) == 1
     te = load_script("segment/test.py")
-    assert te.main(["-trainingset", "tiny", "-model", "u", "--store", local_store.url]) == 0
-    result = json.loads(local_store.get_bytes("trainingsets/tiny/tests.json"))
+    assert te.main(["-trainingset", "tiny", "-model", "u", "--store", local_store.url, "--out",
+                    str(tmp_path / "eval")]) == 0
+    result = json.loads(local_store.get_bytes("models/u/eval/tiny-val.json"))
     assert result["images"] == 4 and set(result["iou"]) == {"void", "person", "vehicle", "animal"}
+    assert result["mode"] == "whole" and json.loads((tmp_path / "eval" / "report.json").read_text())["miou"] == \
+        result["miou"] and (tmp_path / "eval" / "confusion.png").stat().st_size > 0
+    desc = json.loads(local_store.get_bytes("trainingsets/tiny/description.json"))
+    assert result["pixels"] == sum(v for k, v in desc["sets"]["val"]["pixels"].items() if int(k) != 255)  # whole
     present = [v for v in result["iou"].values() if v is not None]
     assert present and result["miou"] == pytest.approx(sum(present) / len(present), abs=1e-5) and 0.0 <= result["miou"] <= 1.0
     assert result["pixels"] > 0

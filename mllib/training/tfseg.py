@@ -128,9 +128,26 @@ def train(store: Store, name: str, model_name: str, *, epochs: int = 1, batch_si
     return info
 
 
+def whole_image_model(model):
+    """The same UNet (same weights) taking any height and width: the trained model's input size is fixed."""
+    from keras import layers
+
+    convs = [ly for ly in model.layers if isinstance(ly, layers.Conv2D)]
+    depth = sum(isinstance(ly, layers.MaxPooling2D) for ly in model.layers)
+    n_classes = convs[-1].filters
+    free = unet(n_classes, None, None, convs[0].filters, depth)
+    free.set_weights(model.get_weights())
+    return free, depth
+
+
 def test(store: Store, name: str, model_name: str, *, set_name: str = "val", batch_size: int = 8,
-         max_images: int = 0) -> dict:
+         max_images: int = 0, mode: str = "whole") -> dict:
+    """Per-class IoU and mIoU as mllib.training.metrics defines them (one confusion matrix over the set), each
+    image whole at its own size (mode "whole", padded to a multiple of 2^depth and cropped back) or center
+    cropped to the training size (mode "center", the old test). The result goes to
+    models/<model>/eval/<trainingset>-<set>.json in the store (one file per model and set)."""
     keras = tflib.keras()
+    tf = tflib.tensorflow()
 
     try:
         info = json.loads(store.get_bytes(layout.keras_training(model_name)))
@@ -138,22 +155,41 @@ def test(store: Store, name: str, model_name: str, *, set_name: str = "val", bat
     except NotFound:
         raise MllibError(f"model {store.url_for(model_prefix(model_name))} not found: train it with segment/train.py "
                          f"-savedmodelname {model_name}") from None
+    if mode not in ("whole", "center"):
+        raise MllibError(f"--mode must be whole or center (got {mode!r})")
     desc = records.description(store, name)
     d = classes.load(desc["classes"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / layout.KERAS_MODEL
         path.write_bytes(data)
         model = keras.models.load_model(path, compile=False)
-    ds = dataset(store, name, set_name, info["height"], info["width"], batch_size, False, d.ignore)
     cm = ConfusionMatrix(d.classes, d.ignore)
     n = 0
-    for images, labels in ds:
-        pred = np.argmax(model.predict_on_batch(images), axis=-1)
-        cm.update(labels.numpy(), pred)
-        n += len(pred)
-        if max_images and n >= max_images:
-            break
-    result = {"trainingset": name, "set": set_name, "model": model_name, "images": n,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **cm.report(d.names)}
-    store.put_bytes(layout.tests(name), json.dumps(result, indent=1).encode())
+    t0 = time.perf_counter()
+    if mode == "center":
+        ds = dataset(store, name, set_name, info["height"], info["width"], batch_size, False, d.ignore)
+        for images, labels in ds:
+            pred = np.argmax(model.predict_on_batch(images), axis=-1)
+            cm.update(labels.numpy(), pred)
+            n += len(pred)
+            if max_images and n >= max_images:
+                break
+    else:
+        free, depth = whole_image_model(model)
+        m = 2**depth
+        for image, label in records.tf_dataset(store, name, set_name):
+            h, w = int(image.shape[0]), int(image.shape[1])
+            x = tf.cast(image, tf.float32)[None] / 127.5 - 1.0
+            x = tf.pad(x, [[0, 0], [0, (-h) % m], [0, (-w) % m], [0, 0]])
+            pred = np.argmax(free.predict_on_batch(x)[0, :h, :w], axis=-1)
+            cm.update(label.numpy(), pred)
+            n += 1
+            if max_images and n >= max_images:
+                break
+    seconds = time.perf_counter() - t0
+    result = {"trainingset": name, "set": set_name, "model": model_name, "mode": mode, "images": n,
+              "seconds": round(seconds, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "classes": d.names, "ignore": d.ignore, **cm.report(d.names, matrix=True)}
+    store.put_bytes(layout.model_eval(model_name, f"{name}-{set_name}"), json.dumps(result, indent=1).encode())
+    result["_cm"] = cm
     return result
