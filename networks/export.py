@@ -4,7 +4,7 @@ PyTorch model on a real image.
     python3 networks/export.py --store s3://coco --model_name unet2d --out unet2d.onnx
     python3 networks/export.py --store s3://coco --checkpoint models/unet2d/checkpoint.pt --out m.onnx --image a.jpg
 
-The graph takes "image", float32 N x C x H x W normalized as the model was trained (the metadata says how:
+The graph takes "image", float32 N x C x H x W (any N, H and W), normalized as the model was trained (the metadata says how:
 normalize, mean, std on the 0..1 scale), and gives "logits", N x classes x H x W; argmax over dim 1 is the trainId
 map. The file's metadata also holds the class names and colours, the ignore value and pad_to. The check runs both on
 the image (--image FILE, else the first image of the checkpoint's validation data), padded to a multiple of pad_to,
@@ -60,6 +60,26 @@ def _check_image(args, store, ck, class_dict):
     return image.numpy(), f"validation image {name}"
 
 
+def _named():
+    import torch
+
+    class Named(torch.nn.Module):
+        """The model with its input named "image" (the exporter names graph inputs after forward's arguments)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            return self.model(image)
+
+    return Named
+
+
+def _Named(model):  # noqa: N802 - a class made on first use (torch is imported lazily)
+    return _named()(model)
+
+
 def run(args) -> int:
     import contextlib
     import io
@@ -100,15 +120,16 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        dims = {2: torch.export.Dim("height", min=m, max=16384), 3: torch.export.Dim("width", min=m, max=16384)}
+        dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=m, max=16384),
+                3: torch.export.Dim("width", min=m, max=16384)}
         for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         chatter = io.StringIO()  # the exporter's progress lines, shown only when it fails
         try:
             with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (x,), str(tmp), opset_version=args.opset, input_names=["image"],
-                                  output_names=["logits"], dynamic_shapes={"x": dims}, dynamo=True,
+                torch.onnx.export(_Named(model), (torch.cat([x, x]),), str(tmp),  # a batch of 2: 1 would be fixed opset_version=args.opset, input_names=["image"],
+                                  output_names=["logits"], dynamic_shapes={"image": dims}, dynamo=True,
                                   external_data=False, verbose=False)
         except Exception:
             sys.stderr.write(chatter.getvalue())

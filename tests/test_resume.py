@@ -74,13 +74,20 @@ def assert_same_weights(a: dict, b: dict):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("records", [False, True], ids=["cocodataset", "records"])
-def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(local_store, tmp_path, records):
+RECIPE = ["--lr_schedule", "poly", "--warmup_steps", "3", "--color_jitter", "0.4,0.4,0.4,0.1", "--class_weights",
+          "inverse", "--weight_decay", "0.01"]
+
+
+@pytest.mark.parametrize("records,recipe", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["cocodataset", "records", "cocodataset-recipe", "records-recipe"])
+def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(local_store, tmp_path, records, recipe):
     """10 images, batch 2: 5 steps an epoch; the run is killed right after its checkpoint at step 6 (one step into
-    epoch 1) and resumed to step 8: the same batches as the uninterrupted run, the same weights bit for bit."""
+    epoch 1) and resumed to step 8: the same batches as the uninterrupted run, the same weights bit for bit; also
+    with the recipe (poly schedule with warm-up, colour jitter, class weights), whose learning rate and jitter are
+    functions of the step and the sample."""
     put_data(local_store, tmp_path, records=records)
     data = ["--records", "r"] if records else []
-    run = ["--epochs", "3", "--max_steps", "8", *data]
+    run = ["--epochs", "3", "--max_steps", "8", *data, *(RECIPE if recipe else [])]
     ref = trainer(flags(local_store, tmp_path, "ref", *run), ["--digests", str(tmp_path / "ref.txt")])
     assert ref.returncode == 0, ref.stderr[-4000:]
     # checkpoints at steps 3 (every 3), 5 (epoch end), 6 (every 3): killed after the third
@@ -96,6 +103,13 @@ def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(local_store, tmp_p
     assert steps_of(tmp_path / "k.txt") == steps_of(tmp_path / "ref.txt")  # step for step the same samples
     assert len(steps_of(tmp_path / "ref.txt")) == 8
     assert_same_weights(weights(local_store, "k"), weights(local_store, "ref"))
+    if recipe:  # the recipe was in force: the learning rate followed the schedule, the loss had class weights
+        ck = train.load_checkpoint(local_store, "k", "cpu")
+        assert ck["schedule_steps"] == 15 and len(ck["class_weights"]) == 4
+        lr = ck["optimizer"]["param_groups"][0]["lr"]
+        assert lr == pytest.approx(1e-3 * (1 - 7 / 15) ** 0.9)  # the lr of step 8 (0-based 7), past the warm-up
+        plain = train.load_checkpoint(local_store, "ref", "cpu")
+        assert plain["config"]["color_jitter"] == "0.4,0.4,0.4,0.1"
 
 
 def test_resume_with_another_worker_count_is_exact(local_store, tmp_path):
