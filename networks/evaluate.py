@@ -91,7 +91,6 @@ def _data(args, store, cfg, class_dict, rank, world):
 
 
 def run(args) -> int:
-    import dataclasses
     import time
     from pathlib import Path
 
@@ -99,7 +98,6 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from mllib import MllibError, layout
-    from mllib.labels import classes as mclasses
     from mllib.loaders.gpu import BatchPrep
     from mllib.training import evaluate as ev
     from mllib.training import train
@@ -112,9 +110,7 @@ def run(args) -> int:
     with train.process_group() as (rank, world, local_rank):
         device = train.pick_device(args.device, local_rank)
         model, ck = ev.load_model(store, key, device)
-        known = {f.name for f in dataclasses.fields(train.TrainConfig)}
-        cfg = train.TrainConfig(**{k: v for k, v in (ck.get("config") or {}).items() if k in known})
-        class_dict = mclasses.ClassDictionary(ck["classes"]) if ck.get("classes") else mclasses.load("coco")
+        cfg, class_dict = ev.checkpoint_settings(ck)
         data, what = _data(args, store, cfg, class_dict, rank, world)
         if getattr(data, "classes", class_dict).names != class_dict.names:
             raise MllibError(f"the checkpoint predicts {class_dict.names}; the data's labels are "

@@ -32,27 +32,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _check_image(args, store, ck, class_dict):
+def _check_image(args, store, ck):
     """(uint8 C x H x W image, where it came from)."""
-    import dataclasses
-
     from mllib import MllibError, images
     from mllib.augment import chw_uint8
     from mllib.training import evaluate as ev
-    from mllib.training import train
 
+    cfg, _ = ev.checkpoint_settings(ck)
     if args.image:
         try:
             with open(args.image, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise MllibError(f"--image {args.image}: {e.strerror or e}") from None
-        cfg = ck.get("config") or {}
-        img = images.decode(data, flags=images.cv2.IMREAD_GRAYSCALE if cfg.get("imflags") == 0 else
-                            images.cv2.IMREAD_COLOR)
-        return chw_uint8(img), args.image
-    known = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    cfg = train.TrainConfig(**{k: v for k, v in (ck.get("config") or {}).items() if k in known})
+        return chw_uint8(images.decode(data, flags=cfg.imflags)), args.image
     data = ev.eval_data(cfg, store, cfg.class_dictionary)
     if data is None:
         raise MllibError("the checkpoint's configuration has no validation images: give --image FILE")
@@ -93,7 +86,6 @@ def run(args) -> int:
     import torch
 
     from mllib import MllibError, layout
-    from mllib.labels import classes as mclasses
     from mllib.loaders.gpu import IMAGENET_MEAN, IMAGENET_STD, BatchPrep
     from mllib.training import evaluate as ev
 
@@ -108,9 +100,9 @@ def run(args) -> int:
     store = cli.open_store(args)
     key = args.checkpoint or layout.checkpoint(args.model_name or "unet2d")
     model, ck = ev.load_model(store, key, torch.device("cpu"))
-    class_dict = mclasses.ClassDictionary(ck["classes"]) if ck.get("classes") else mclasses.load("coco")
+    _, class_dict = ev.checkpoint_settings(ck)
     normalize = (ck.get("config") or {}).get("normalize", "imagenet")
-    image, where = _check_image(args, store, ck, class_dict)
+    image, where = _check_image(args, store, ck)
     x = BatchPrep("cpu", normalize, channels_last=False).images(torch.from_numpy(np.ascontiguousarray(image))[None])
     m = int(getattr(model, "pad_to", 32))
     h, w = x.shape[-2:]

@@ -286,6 +286,18 @@ def load_model(store, key: str, device) -> tuple[torch.nn.Module, dict]:
     return model.to(device).eval(), ck
 
 
+def checkpoint_settings(ck: dict):
+    """(TrainConfig, ClassDictionary) a checkpoint was trained with (settings this version does not know dropped)."""
+    import dataclasses
+
+    from mllib.labels import classes as mclasses
+    from mllib.training.train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in (ck.get("config") or {}).items() if k in known})
+    return cfg, (mclasses.ClassDictionary(ck["classes"]) if ck.get("classes") else mclasses.load("coco"))
+
+
 def set_name(text: str) -> str:
     """A folder name for an evaluation set (runs/<model>/eval/<set>/)."""
     import hashlib
