@@ -50,7 +50,9 @@ def parse_args(argv=None):
     e.add_argument("--num_workers", type=checks.Range(0, 256), default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    e.add_argument("--amp", action="store_true", help="bf16 autocast (the numbers can differ from fp32 slightly)")
+    e.add_argument("--precision", choices=("checkpoint", "fp32", "amp"), default="checkpoint",
+                   help="fp32, or amp (bf16 autocast; the numbers can differ slightly); default: as the checkpoint "
+                        "was trained (--amp), as its validation ran")
     e.add_argument("--no_progress", action="store_true", help="no progress bar")
     cli.add_log_args(p)
     return p.parse_args(argv)
@@ -148,8 +150,9 @@ def run(args) -> int:
             if rank == 0 and len(shown) < args.samples:
                 shown.append((name, image, label, pred))
 
+        use_amp = cfg.amp if args.precision == "checkpoint" else args.precision == "amp"
         amp = (torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16) \
-            if args.amp else None
+            if use_amp else None
         t0 = time.perf_counter()
         cm, n = ev.evaluate(model, ev.eval_loader(data, args.num_workers, rank, world), BatchPrep(device, cfg.normalize),
                             device, class_dict.classes, class_dict.ignore, mode=args.mode, crop=crop, stride=stride,
@@ -161,7 +164,7 @@ def run(args) -> int:
         report = {"model": model_name, "checkpoint": store.url_for(key), "step": ck.get("step"),
                   "epoch": ck.get("epoch"), "set": what, "mode": args.mode,
                   **({"crop": list(crop), "stride": list(stride)} if args.mode == "slide" else {}),
-                  "amp": bool(args.amp), "world_size": world, "images": n, "seconds": round(seconds, 3),
+                  "amp": bool(use_amp), "world_size": world, "images": n, "seconds": round(seconds, 3),
                   "images_per_s": round(n / seconds, 3) if seconds > 0 else None,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "classes": class_dict.names,
                   "ignore": class_dict.ignore, **cm.report(class_dict.names, matrix=True)}
