@@ -180,8 +180,19 @@ class Conversion:
                 results[t["key"]] = s
             else:
                 todo.append(t)
-        if results:
-            log.info("%d of %d shards already written, skipping them", len(results), len(tasks))
+        if results:  # a shard is skipped only when its bytes still hash to what was written
+            from concurrent.futures import ThreadPoolExecutor
+
+            from mllib.records.verify import check_shard
+
+            with ThreadPoolExecutor(8, thread_name_prefix="mllib-verify") as pool:
+                checked = list(pool.map(lambda k: check_shard(self.store, k, results[k]), list(results)))
+            for r in checked:
+                if r["problems"]:
+                    log.warning("re-writing %s: %s", r["key"], r["problems"][0])
+                    todo.append(next(t for t in tasks if t["key"] == r["key"]))
+                    del results[r["key"]]
+            log.info("%d of %d shards already written and intact (sha256), skipping them", len(results), len(tasks))
         total = sum(len(t["items"]) for t in todo)
         bar = tqdm(total=total, unit="img", desc=f"cocorecord {self.name}", disable=not self.bar, dynamic_ncols=True)
         self._preloaded = main_worker.shippable()  # listings the worker processes take instead of listing again

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from mllib import MllibError, images, layout, tflib
 from mllib.augment import Augment, chw_uint8, output_settings, warp
 from mllib.records import schema, tfrecord
 from mllib.store import NotFound, Store
+
+log = logging.getLogger(__name__)
 
 
 def description(store: Store, name: str) -> dict:
@@ -49,10 +52,63 @@ def shard_keys(store: Store, name: str, set_name: str, desc: dict | None = None)
     return [f"{layout.trainingset(name)}/{s['name']}" for s in set_shards(store, name, set_name, desc)]
 
 
-def iter_serialized(store: Store, keys: list[str]):
+class _Hashing:
+    """A readable stream that hashes what is read through it."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.h.update(b)
+        return b
+
+    def drain(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.h.hexdigest()
+
+
+def iter_serialized(store: Store, keys: list[str], on_bad=None, sha256: dict | None = None,
+                    counts: dict | None = None):
+    """The serialized records of the shards `keys`, in order, each frame's CRCs checked; with `sha256` ({key:
+    digest}, from the description) each shard's bytes are hashed as they are read and compared at its end (a shard
+    replaced or changed after conversion). Problems raise tfrecord.RecordError naming the shard and the byte offset,
+    or with `on_bad(error)` are reported and the bad record yields None (mllib.records.tfrecord.read_records).
+    `counts` ({key: records}): a shard with another number of records is reported too."""
     for key in keys:
+        want = (sha256 or {}).get(key)
+        reported = []
+
+        def report(e, reported=reported):
+            reported.append(e)
+            if on_bad is None:
+                raise e
+            on_bad(e)
+
         with store.open(key) as f:
-            yield from tfrecord.read_records(f, name=key)
+            src = _Hashing(f) if want else f
+            n = 0
+            for rec in tfrecord.read_records(src, name=key, on_bad=report):
+                n += 1
+                yield rec
+            expected = (counts or {}).get(key)
+            if expected is not None and n != expected and not reported:
+                report(tfrecord.RecordError(f"{key}: {n} records, description.json says {expected} (the shard was "
+                                            f"cut short or added to)", key, min(n, expected), rest=n < expected))
+            elif want and not reported:
+                got = src.drain()
+                if got != want:
+                    report(tfrecord.RecordError(
+                        f"{key}: its sha256 {got[:16]}... differs from description.json's {want[:16]}... (every record "
+                        f"frame is sound: the shard was replaced or changed after conversion); datasets/checkrecords.py "
+                        f"lists what to re-convert", key))
+
+
+def shard_digests(store: Store, name: str, desc: dict) -> dict:
+    """{shard key: sha256} of every shard the description lists."""
+    return {layout.shard(name, s["name"]): s["sha256"] for st in desc.get("sets", {}).values()
+            for s in st.get("shards", []) if s.get("sha256")}
 
 
 def parse(record: bytes, rgba: bool = False) -> dict:
@@ -79,16 +135,23 @@ def tf_parse(serialized):
     return image, label
 
 
-def tf_dataset(store: Store, name: str, set_name: str, parse_records: bool = True):
-    """tf.data over the shards of one set: (image uint8 HxWx3, label uint8 HxW) when parse_records."""
+def tf_dataset(store: Store, name: str, set_name: str, parse_records: bool = True, skip_bad: bool = False,
+               bad: list | None = None):
+    """tf.data over the shards of one set: (image uint8 HxWx3, label uint8 HxW) when parse_records. Read through
+    iter_serialized on both backends (TensorFlow has no S3 filesystem without tensorflow-io): every record's CRCs
+    and every shard's sha256 checked, an error naming the shard and the byte offset; with skip_bad the bad records
+    are left out and their errors appended to `bad`."""
     tf = tflib.tensorflow()
 
-    keys = shard_keys(store, name, set_name)
-    if store.local_path() is not None:
-        ds = tf.data.TFRecordDataset([str(store.local_path(k)) for k in keys], num_parallel_reads=min(4, len(keys)))
-    else:  # S3 through the store (TensorFlow has no S3 filesystem without tensorflow-io)
-        ds = tf.data.Dataset.from_generator(lambda: iter_serialized(store, keys),
-                                            output_signature=tf.TensorSpec([], tf.string))
+    desc = description(store, name)
+    keys = shard_keys(store, name, set_name, desc)
+    digests = shard_digests(store, name, desc)
+
+    def records():
+        on_bad = (lambda e: bad.append(e) if bad is not None else None) if skip_bad else None
+        return (r for r in iter_serialized(store, keys, on_bad, digests) if r is not None)
+
+    ds = tf.data.Dataset.from_generator(records, output_signature=tf.TensorSpec([], tf.string))
     if parse_records:
         ds = ds.map(tf_parse, num_parallel_calls=tf.data.AUTOTUNE)
     return ds
@@ -128,7 +191,9 @@ class TorchRecords(_torch_iterable()):
     def __init__(self, store: Store, name: str, set_name: str, transform=None, rank: int | None = None,
                  world_size: int | None = None):
         self.store = store
-        self.keys = shard_keys(store, name, set_name)
+        desc = description(store, name)
+        self.keys = shard_keys(store, name, set_name, desc)
+        self.digests = shard_digests(store, name, desc)
         self.transform = transform
         self.rank, self.world_size = rank, world_size
 
@@ -139,7 +204,7 @@ class TorchRecords(_torch_iterable()):
     def __iter__(self):
         import torch
 
-        for rec in iter_serialized(self.store, self._my_keys()):
+        for rec in iter_serialized(self.store, self._my_keys(), sha256=self.digests):
             r = parse(rec)
             if self.transform is not None:
                 yield self.transform(r["image"], r["label"])
@@ -161,7 +226,8 @@ class RecordsDataset(_torch_iterable()):
 
     def __init__(self, store: Store, name: str, set_name: str = "train", height: int = 512, width: int = 512,
                  augment: Augment | None = None, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256,
-                 label_dtype: str = "uint8", rank: int | None = None, world_size: int | None = None):
+                 label_dtype: str = "uint8", rank: int | None = None, world_size: int | None = None,
+                 skip_bad: bool = False):
         import torch
 
         self.store = store
@@ -169,6 +235,9 @@ class RecordsDataset(_torch_iterable()):
         self.description = description(store, name)  # read once: shards, record counts, the ignore value
         self.shards = set_shards(store, name, set_name, self.description)
         self.keys = shard_keys(store, name, set_name, self.description)
+        self.digests = shard_digests(store, name, self.description)
+        self.skip_bad = skip_bad
+        self._bad = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.ignore = int(self.description.get("classes", {}).get("ignore", 255))
         self.height, self.width, self.seed, self.label_dtype = output_settings(height, width, seed, label_dtype)
         self.augment = augment if augment is not None else Augment()
@@ -194,12 +263,51 @@ class RecordsDataset(_torch_iterable()):
         by_shard = len(self.keys) >= parts  # else every part reads all shards and keeps every parts-th record
         k = 0
         for s in order[part::parts] if by_shard else order:
-            recs = iter_serialized(self.store, [self.keys[s]]) if read \
-                else itertools.repeat(None, int(self.shards[s]["records"]))
+            n = int(self.shards[s]["records"])
+            recs = self._read_shard(s, n) if read else itertools.repeat(None, n)
             for r, rec in enumerate(recs):
                 if by_shard or k % parts == part:
                     yield int(s), r, rec
                 k += 1
+
+    def bad_count(self) -> int:
+        """Records replaced so far (skip_bad), all DataLoader workers together."""
+        return int(self._bad[0])
+
+    def _on_bad(self, e) -> None:
+        """A record that failed its checks (counted here), or a shard unreadable from a record on (the records lost
+        are counted when the shard's end is padded: _read_shard)."""
+        if not e.rest:
+            self._bad[0] += 1
+        log.warning("replacing %s: %s", "the rest of the shard" if e.rest else "a bad record", e)
+
+    def _read_shard(self, s: int, n: int):
+        """Shard s's n records as the description counts them: each serialized record, or None for one that failed
+        its checks (skip_bad; a shard cut short or unframeable from some record on gives None for the rest)."""
+        got, tail = 0, []
+
+        def on_bad(e):
+            tail.extend([e] if e.rest else [])
+            self._on_bad(e)
+
+        for rec in iter_serialized(self.store, [self.keys[s]], on_bad if self.skip_bad else None,
+                                   self.digests, {self.keys[s]: n}):
+            if got == n:
+                err = tfrecord.RecordError(f"{self.keys[s]}: more records than description.json's {n}", self.keys[s])
+                if not self.skip_bad:
+                    raise err
+                self._on_bad(err)
+                return
+            got += 1
+            yield rec
+        if got < n:
+            if not self.skip_bad:  # a shard that ends cleanly but short (its bytes were cut at a record boundary)
+                raise tfrecord.RecordError(f"{self.keys[s]}: {got} records, description.json says {n} (the shard "
+                                           f"was cut short)", self.keys[s], got, rest=True)
+            self._bad[0] += n - got  # the records lost with the shard's end
+            yield from itertools.repeat(None, n - got)
+        elif tail:  # bytes after the last record that frame no record: nothing lost, still counted
+            self._bad[0] += 1
 
     def _shuffled(self, items, rng):
         if not self.shuffle or self.shuffle_buffer <= 1:
@@ -330,7 +438,18 @@ class RecordsDataset(_torch_iterable()):
         if plan is not None and parts != len(plan["skip"]):
             raise MllibError(f"the data plan is for {len(plan['skip'])} readers, this DataLoader has {parts}")
         stream = self.stream(epoch, part, parts, rank, world, exclude=plan["exclude"] if plan else frozenset())
+        last, pending = None, []  # a bad record (None) is replaced by the last good one, warped as itself
         for shard, record, rec in itertools.islice(stream, plan["skip"][part] if plan else 0, None):
+            if rec is None:
+                if last is None:
+                    pending.append((shard, record))
+                    continue
+                rec = last
+            else:
+                last = rec
+            for ps, pr in pending:
+                yield self.sample(epoch, ps, pr, rec)
+            pending = []
             yield self.sample(epoch, shard, record, rec)
 
 

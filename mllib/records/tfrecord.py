@@ -17,7 +17,15 @@ from mllib import MllibError
 
 
 class RecordError(MllibError):
-    pass
+    """A record that fails its checks: names the shard, the record's number and its byte offset. `rest` is True when
+    the framing cannot be trusted from there on (a corrupt length, a truncation): the rest of the shard is lost."""
+
+    def __init__(self, message: str, shard: str = "", index: int = 0, offset: int = 0, rest: bool = False):
+        super().__init__(message)
+        self.shard, self.index, self.offset, self.rest = shard, index, offset, rest
+
+
+MAX_RECORD = 1 << 31  # a length beyond this is corruption (a record is one image and its label)
 
 
 def _masked_crc(data: bytes) -> int:
@@ -30,23 +38,43 @@ def frame(record: bytes) -> bytes:
     return n + struct.pack("<I", _masked_crc(n)) + record + struct.pack("<I", _masked_crc(record))
 
 
-def read_records(f: BinaryIO, verify: bool = True, name: str = "") -> Iterator[bytes]:
+def read_records(f: BinaryIO, verify: bool = True, name: str = "", on_bad=None) -> Iterator[bytes | None]:
+    """The records of a TFRecord stream, each frame's length and data CRCs checked (verify=True).
+
+    A bad record raises RecordError (shard, record number, byte offset), or with `on_bad(error)` given: a record
+    whose data CRC fails is reported and yields None in its place (its length is sound, reading goes on); a corrupt
+    length or a truncation is reported once and ends the stream (nothing after it can be framed)."""
+    offset = index = 0
+
+    def bad(what: str, rest: bool):
+        e = RecordError(f"{name}: record {index} at byte {offset}: {what}", name, index, offset, rest)
+        if on_bad is None:
+            raise e
+        on_bad(e)
+
     while True:
         head = f.read(12)
         if not head:
             return
         if len(head) < 12:
-            raise RecordError(f"{name}: truncated record header")
+            bad(f"truncated record header ({len(head)} of 12 bytes; the shard ends early)", True)
+            return
         (n,) = struct.unpack("<Q", head[:8])
-        if verify and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
-            raise RecordError(f"{name}: corrupt record length")
+        if (verify and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8])) or n > MAX_RECORD:
+            bad("corrupt length field (its CRC does not match)", True)
+            return
         data = f.read(n)
         tail = f.read(4)
         if len(data) < n or len(tail) < 4:
-            raise RecordError(f"{name}: truncated record")
+            bad(f"truncated record ({len(data)} of {n} bytes; the shard ends early)", True)
+            return
         if verify and struct.unpack("<I", tail)[0] != _masked_crc(data):
-            raise RecordError(f"{name}: record checksum mismatch")
-        yield data
+            bad("data CRC mismatch (the record's bytes changed)", False)
+            yield None
+        else:
+            yield data
+        offset += 16 + n
+        index += 1
 
 
 # -- protobuf encoding of tf.train.Example ----------------------------------------------------------------------

@@ -38,7 +38,8 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
     if cfg.records:
         from mllib.records.read import RecordsDataset
 
-        common = dict(height=cfg.height, width=cfg.width, seed=cfg.seed, rank=rank, world_size=world)
+        common = dict(height=cfg.height, width=cfg.width, seed=cfg.seed, rank=rank, world_size=world,
+                      skip_bad=cfg.skip_bad)
         train = RecordsDataset(store, cfg.records, "train", augment=_augment(True), **common)
         val = RecordsDataset(store, cfg.records, "val", augment=_augment(False), shuffle=False, **common) \
             if "val" in train.description["sets"] else None

@@ -58,7 +58,7 @@ class FullRecords(torch.utils.data.IterableDataset):
     rank r takes the records whose number is r modulo the ranks; DataLoader workers split the shards."""
 
     def __init__(self, store, name: str, set_name: str = "val", rank: int = 0, world: int = 1):
-        from mllib.records.read import description, set_shards, shard_keys
+        from mllib.records.read import description, set_shards, shard_digests, shard_keys
 
         self.store, self.name, self.set_name, self.rank, self.world = store, name, set_name, rank, world
         self.description = description(store, name)
@@ -67,6 +67,7 @@ class FullRecords(torch.utils.data.IterableDataset):
                              f"{', '.join(self.description.get('sets', {})) or 'none'})")
         self.shards = set_shards(store, name, set_name, self.description)
         self.keys = shard_keys(store, name, set_name, self.description)
+        self.digests = shard_digests(store, name, self.description)
         self.offsets = np.concatenate([[0], np.cumsum([int(s["records"]) for s in self.shards])]).tolist()
         self.total = int(self.offsets[-1])
 
@@ -79,7 +80,7 @@ class FullRecords(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for s in range(wid, len(self.keys), nw):
-            for r, rec in enumerate(iter_serialized(self.store, [self.keys[s]])):
+            for r, rec in enumerate(iter_serialized(self.store, [self.keys[s]], sha256=self.digests)):
                 k = self.offsets[s] + r
                 if k % self.world != self.rank:
                     continue

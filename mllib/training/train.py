@@ -699,7 +699,8 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, train_ds, epoch: int, st
                 "gpu_only_images_per_s": round(gpu_rate * run.world, 2) if gpu_rate else None,
                 "vs_gpu_only": round(seen / elapsed / (gpu_rate * run.world), 3) if gpu_rate else None,
                 "device": str(run.device), "world_size": run.world, "lr": run.optimizer.param_groups[0]["lr"],
-                "val": val}
+                "bad_samples": base_dataset(train_ds).bad_count() if hasattr(base_dataset(train_ds), "bad_count")
+                else None, "val": val}
         history.append(last)
         if run.rank == 0:  # cut short by --max_steps: the position says where the epoch goes on
             _save(run, epoch, complete, step, history, metrics_path, None if complete else pos.state(

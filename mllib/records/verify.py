@@ -1,0 +1,60 @@
+"""Is a TFRecord set still what cocorecord.py wrote? Every shard against description.json: present, its size, its
+sha256, its record count, and every record's length and data CRCs (datasets/checkrecords.py; cocorecord.py re-runs
+use check_shard to re-write shards whose bytes changed).
+
+    report = check_set(store, "coco")          # {"ok": bool, "shards": [...], "bad": [shard keys], ...}
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from mllib import layout
+from mllib.records import tfrecord
+from mllib.records.read import _Hashing, description
+from mllib.store import NotFound, Store
+
+
+def check_shard(store: Store, key: str, expected: dict) -> dict:
+    """One shard against its description entry ({"records", "bytes", "sha256"}): its figures and its problems (each
+    naming the shard, and for a record the byte offset)."""
+    problems, records = [], 0
+    try:
+        with store.open(key) as f:
+            src = _Hashing(f)
+            for rec in tfrecord.read_records(src, name=key, on_bad=lambda e: problems.append(str(e))):
+                records += rec is not None
+            sha = src.drain()
+        size = store.size(key)
+    except NotFound:
+        return {"key": key, "records": 0, "bytes": 0, "sha256": None, "problems": [f"{key}: missing"]}
+    if expected.get("records") is not None and records != int(expected["records"]) and not problems:
+        problems.append(f"{key}: {records} records, description.json says {expected['records']}")
+    if expected.get("bytes") is not None and size != int(expected["bytes"]):
+        problems.append(f"{key}: {size:,} bytes, description.json says {int(expected['bytes']):,}")
+    if expected.get("sha256") and sha != expected["sha256"] and not problems:
+        problems.append(f"{key}: sha256 {sha[:16]}... differs from description.json's {expected['sha256'][:16]}... "
+                        f"(the shard was replaced or changed after conversion)")
+    return {"key": key, "records": records, "bytes": size, "sha256": sha, "problems": problems}
+
+
+def check_set(store: Store, name: str, sets: list[str] | None = None, threads: int = 8, progress=None) -> dict:
+    """Every shard of the set's `sets` (default all) checked, `threads` at once; progress(shard report) after each."""
+    t0 = time.perf_counter()
+    desc = description(store, name)
+    todo = [(set_name, s) for set_name, st in desc.get("sets", {}).items() if not sets or set_name in sets
+            for s in st.get("shards", [])]
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="mllib-checkrecords") as pool:
+        futures = [pool.submit(check_shard, store, layout.shard(name, s["name"]), s) for _, s in todo]
+        shards = []
+        for (set_name, _), fut in zip(todo, futures, strict=True):
+            r = dict(fut.result(), set=set_name)
+            shards.append(r)
+            if progress is not None:
+                progress(r)
+    bad = [r for r in shards if r["problems"]]
+    seconds = time.perf_counter() - t0
+    return {"name": name, "ok": not bad, "shards": shards, "bad": [r["key"] for r in bad],
+            "records": sum(r["records"] for r in shards), "bytes": sum(r["bytes"] for r in shards),
+            "seconds": round(seconds, 3), "config": desc.get("config")}

@@ -1,0 +1,187 @@
+"""Faults of real infrastructure (issue: the store goes away, shards rot, disks fill, the endpoint throttles).
+Here: corrupted shards. Every TFRecord read checks each record's length and data CRCs and each shard's sha256
+against description.json: an error naming the shard and the byte offset, or with skip_bad a counted replacement;
+datasets/checkrecords.py names the bad shards, and a cocorecord.py re-run re-writes exactly those."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from mllib.records import read as records
+from mllib.records.tfrecord import RecordError
+
+from .cocofake import put_coco
+from .conftest import load_script
+
+
+def make_set(store, tmp_path, n_train=6, shard_images=2):
+    put_coco(store, tmp_path, "train2017", n_train, seed=1, hw=(40, 56))
+    put_coco(store, tmp_path, "val2017", 2, seed=2, hw=(40, 56))
+    rec = load_script("datasets/cocorecord.py")
+    assert rec.main(["-trainingset_name", "r", "--store", store.url, "--no_progress", "--shard_images",
+                     str(shard_images)]) == 0
+    return records.shard_keys(store, "r", "train")
+
+
+def frames(data: bytes) -> list[tuple[int, int]]:
+    """(offset, data length) of each record frame."""
+    out, off = [], 0
+    while off < len(data):
+        (n,) = struct.unpack("<Q", data[off:off + 8])
+        out.append((off, n))
+        off += 16 + n
+    return out
+
+
+def samples(store, skip_bad=False):
+    ds = records.RecordsDataset(store, "r", "train", height=32, width=32, shuffle=False, skip_bad=skip_bad)
+    return ds, [(img.numpy().copy(), lab.numpy().copy()) for img, lab in ds]
+
+
+def path_of(store, key):
+    return store.local_path(key)
+
+
+def test_a_flipped_bit_names_the_shard_and_the_record_offset(local_store, tmp_path):
+    keys = make_set(local_store, tmp_path)
+    clean = samples(local_store)[1]
+    p = path_of(local_store, keys[1])
+    data = bytearray(p.read_bytes())
+    (off, n) = frames(bytes(data))[1]  # the shard's second record
+    data[off + 12 + n // 2] ^= 0x10
+    p.write_bytes(bytes(data))
+    with pytest.raises(RecordError, match=rf"{keys[1]}: record 1 at byte {off}: data CRC mismatch"):
+        samples(local_store)
+    ds, got = samples(local_store, skip_bad=True)
+    assert ds.bad_count() == 1 and len(got) == len(clean) == 6
+    # every other record exactly as before; the bad one replaced by the previous good record, warped as itself
+    same = [k for k in range(6) if np.array_equal(got[k][0], clean[k][0]) and np.array_equal(got[k][1], clean[k][1])]
+    assert same == [0, 1, 2, 4, 5]
+    tf_bad = []
+    ds_tf = records.tf_dataset(local_store, "r", "train", skip_bad=True, bad=tf_bad)
+    assert sum(1 for _ in ds_tf) == 5 and len(tf_bad) == 1 and f"at byte {off}" in str(tf_bad[0])
+    with pytest.raises(Exception, match=rf"{keys[1]}: record 1 at byte {off}"):
+        list(records.tf_dataset(local_store, "r", "train"))
+
+
+def test_truncated_shard_wrong_length_and_replaced_shard(local_store, tmp_path):
+    keys = make_set(local_store, tmp_path)
+    p0, p1 = path_of(local_store, keys[0]), path_of(local_store, keys[1])
+    original = p0.read_bytes()
+    (off, n) = frames(original)[1]
+    p0.write_bytes(original[: off + 12 + n // 3])  # cut inside the second record
+    with pytest.raises(RecordError, match=rf"{keys[0]}: record 1 at byte {off}: truncated record"):
+        samples(local_store)
+    ds, got = samples(local_store, skip_bad=True)
+    assert ds.bad_count() == 1 and len(got) == 6
+    bad_len = bytearray(original)
+    bad_len[off + 2] ^= 0x01  # the length field: its CRC no longer matches, nothing after it can be framed
+    p0.write_bytes(bytes(bad_len))
+    with pytest.raises(RecordError, match=rf"record 1 at byte {off}: corrupt length field"):
+        samples(local_store)
+    p0.write_bytes(original[:off])  # cut exactly at a record boundary: only the description's count tells
+    with pytest.raises(RecordError, match=rf"{keys[0]}: 1 records, description.json says 2"):
+        samples(local_store)
+    p0.write_bytes(p1.read_bytes())  # another shard's valid bytes: every frame sound, the sha256 differs
+    with pytest.raises(RecordError, match=rf"{keys[0]}: its sha256 .* differs from description.json"):
+        samples(local_store)
+
+
+def corrupt(data: bytes, rng) -> tuple[bytes, str]:
+    kind = rng.choice(["flip", "truncate", "overwrite", "append", "zero"])
+    b = bytearray(data)
+    if kind == "flip":
+        i = int(rng.integers(len(b)))
+        b[i] ^= 1 << int(rng.integers(8))
+    elif kind == "truncate":
+        b = b[: int(rng.integers(1, len(b)))]
+    elif kind == "overwrite":
+        i = int(rng.integers(len(b) - 8))
+        b[i:i + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+    elif kind == "append":
+        b += rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes()
+    else:
+        i = int(rng.integers(len(b) - 64))
+        b[i:i + 64] = bytes(64)
+    return bytes(b), kind
+
+
+@pytest.mark.timeout(300)
+def test_fuzz_200_corruptions_each_gets_the_error_or_a_counted_skip(local_store, tmp_path):
+    """200 random corruptions of one shard (bit flips, truncations, overwritten and zeroed runs, appended bytes):
+    every one either raises RecordError naming the shard, or with skip_bad is counted; the records before the
+    corruption are exactly the clean ones; nothing hangs."""
+    keys = make_set(local_store, tmp_path, n_train=4, shard_images=4)
+    assert len(keys) == 1
+    clean = samples(local_store)[1]
+    p = path_of(local_store, keys[0])
+    original = p.read_bytes()
+    starts = [off for off, _ in frames(original)]
+    rng = np.random.default_rng(2026)
+    survived = kinds = 0
+    seen = set()
+    for _ in range(200):
+        data, kind = corrupt(original, rng)
+        if data == original:
+            continue
+        kinds += 1
+        seen.add(kind)
+        p.write_bytes(data)
+        with pytest.raises(RecordError) as e:
+            samples(local_store)
+        assert keys[0] in str(e.value)
+        ds, got = samples(local_store, skip_bad=True)
+        assert ds.bad_count() >= 1, kind
+        first = next((k for k in range(len(starts)) if k + 1 == len(starts) or starts[k + 1] > e.value.offset), 0)
+        for k in range(min(first, len(got))):  # records wholly before the damage are untouched
+            assert np.array_equal(got[k][0], clean[k][0]) and np.array_equal(got[k][1], clean[k][1])
+        survived += 1
+    p.write_bytes(original)
+    assert survived == kinds >= 190 and seen == {"flip", "truncate", "overwrite", "append", "zero"}
+    print(f"{kinds} corruptions injected, {survived} caught (error or counted skip), 0 silently wrong")
+
+
+def test_checkrecords_names_bad_shards_and_cocorecord_rewrites_them(local_store, tmp_path, capsys):
+    keys = make_set(local_store, tmp_path)
+    check = load_script("datasets/checkrecords.py")
+    assert check.main(["r", "--store", local_store.url, "--no_progress"]) == 0
+    assert "checked 4 shards, 8 records" in capsys.readouterr().out and "0 bad shards"
+    before = {k: path_of(local_store, k).read_bytes() for k in keys}
+    p = path_of(local_store, keys[2])
+    data = bytearray(before[keys[2]])
+    data[frames(bytes(data))[0][1] // 2 + 12] ^= 0xFF
+    p.write_bytes(bytes(data))
+    assert check.main(["r", "--store", local_store.url, "--no_progress", "--report", str(tmp_path / "c.json")]) == 1
+    out = capsys.readouterr().out
+    assert f"bad: {keys[2]}: record 0 at byte 0: data CRC mismatch" in out
+    assert "1 bad shards" in out and "python3 datasets/cocorecord.py -trainingset_name r" in out
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["bad"] == [keys[2]] and not report["ok"]
+    mtimes = {k: path_of(local_store, k).stat().st_mtime_ns for k in keys}
+    rec = load_script("datasets/cocorecord.py")
+    assert rec.main(["-trainingset_name", "r", "--store", local_store.url, "--no_progress", "--shard_images",
+                     "2"]) == 0
+    assert {k: path_of(local_store, k).read_bytes() for k in keys} == before  # re-written byte for byte
+    assert [k for k in keys if path_of(local_store, k).stat().st_mtime_ns != mtimes[k]] == [keys[2]]
+    assert check.main(["r", "--store", local_store.url, "--no_progress"]) == 0
+
+
+def test_network2d_on_a_corrupted_shard(local_store, tmp_path, capsys):
+    keys = make_set(local_store, tmp_path)
+    p = path_of(local_store, keys[0])
+    data = bytearray(p.read_bytes())
+    data[40] ^= 0x04
+    p.write_bytes(bytes(data))
+    net = load_script("networks/network2d.py")
+    common = ["--store", local_store.url, "--records", "r", "--height", "32", "--width", "32", "--batch_size", "2",
+              "--model_width", "4", "--model_depth", "2", "--num_workers", "0", "--no_progress", "--epochs", "1",
+              "--model_name", "c", "--metrics_file", str(tmp_path / "run" / "m.jsonl")]
+    assert net.main(common) == 2
+    assert f"{keys[0]}: record 0 at byte 0: data CRC mismatch" in capsys.readouterr().err
+    assert net.main([*common, "--skip_bad"]) == 0
+    line = json.loads((tmp_path / "run" / "m.jsonl").read_text().splitlines()[-1])
+    assert line["bad_samples"] == 1 and line["step"] == 3  # 6 records: every step taken, one replaced
