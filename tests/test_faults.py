@@ -185,3 +185,124 @@ def test_network2d_on_a_corrupted_shard(local_store, tmp_path, capsys):
     assert net.main([*common, "--skip_bad"]) == 0
     line = json.loads((tmp_path / "run" / "m.jsonl").read_text().splitlines()[-1])
     assert line["bad_samples"] == 1 and line["step"] == 3  # 6 records: every step taken, one replaced
+
+
+# -- throttling: 503 SlowDown, 429, resets; Retry-After; the user's retry settings ---------------------------------
+def test_retry_after_values():
+    from mllib.get.fetch import MAX_RETRY_AFTER, retry_after
+
+    assert retry_after("3") == 3.0 and retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("999999") == MAX_RETRY_AFTER
+    assert retry_after("Sun, 06 Dec 2026 12:00:10 GMT", now=1796558400.0) == pytest.approx(10.0)
+    assert retry_after("Sun, 06 Dec 2026 11:00:00 GMT", now=1796558400.0) == 0.0  # in the past: now
+
+
+def test_a_download_waits_as_long_as_retry_after_says(tmp_path, caplog):
+    import logging
+    import time
+
+    from mllib.get import fetch as fetching
+
+    from .crafted import Crafted
+
+    body = b"x" * 1000
+
+    def respond(h, n):
+        if n == 0:
+            return 503, {"Retry-After": "1"}, b"slow down"
+        if n == 1:
+            return 429, {"Retry-After": "1"}, b"too many"
+        return 200, {}, body
+
+    caplog.set_level(logging.WARNING)
+    with Crafted(respond) as srv:
+        t0 = time.monotonic()
+        got = fetching.fetch(fetching.FileSpec("f.bin", srv.url + "/f.bin", size=1000), tmp_path, bar=False,
+                             retries=5, backoff=0.001)
+        waited = time.monotonic() - t0
+    assert got.read_bytes() == body and len(srv.requests) == 3
+    assert waited >= 2.0  # the backoff alone would have waited milliseconds
+    assert caplog.text.count("the server's Retry-After") == 2
+
+
+def test_s3_retries_are_the_users_when_set(monkeypatch, tmp_path):
+    from mllib.store import S3Store
+
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    retries = S3Store("s3://b", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
+    assert retries == {"mode": "standard", "total_max_attempts": 9}  # mllib's default
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    retries = S3Store("s3://b", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
+    assert retries == {"mode": "adaptive", "total_max_attempts": 3}  # AWS_MAX_ATTEMPTS counts every try
+    monkeypatch.delenv("AWS_RETRY_MODE")
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    (tmp_path / "config").write_text("[profile p]\nretry_mode = legacy\nmax_attempts = 2\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "p")
+    retries = S3Store("s3://b", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
+    assert retries == {"mode": "legacy", "total_max_attempts": 2}
+
+
+def test_the_fault_proxy_injects_what_it_is_asked_and_no_more():
+    import socket
+
+    from mllib.testing.latency import LatencyProxy
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    with LatencyProxy(srv.getsockname(), 0.0, faults={"503": 1.0}, max_faults=2, retry_after=0) as proxy:
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert c.recv(4096).startswith(b"HTTP/1.1 503 Slow Down\r\n")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = []  # the proxy opens a server connection per client: the third one carries the request
+            for _ in range(3):
+                conn, _ = srv.accept()
+                conn.settimeout(5)
+                got.append(conn.recv(4096))
+                conn.close()
+            assert got[:2] == [b"", b""] and got[2].startswith(b"GET / HTTP/1.1")  # the bound is reached
+        assert proxy.injected == {"503": 2, "429": 0, "reset": 0}
+    srv.close()
+    with pytest.raises(ValueError):
+        LatencyProxy(("127.0.0.1", 9), 0.0, faults={"503": 0.7, "reset": 0.6})
+
+
+@pytest.mark.s3
+def test_conversion_and_reading_under_injected_503s_and_resets(s3_server, s3_store, tmp_path):
+    """cocorecord through a proxy answering 5% of requests with 503 SlowDown and resetting 2% of connections
+    completes with the records of a direct run, byte for byte; RecordsDataset reads them through it unchanged."""
+    from mllib.store import S3Store
+    from mllib.testing.latency import LatencyProxy
+
+    put_coco(s3_store, tmp_path, "train2017", 12, seed=1, hw=(40, 56))
+    put_coco(s3_store, tmp_path, "val2017", 4, seed=2, hw=(40, 56))
+    rec = load_script("datasets/cocorecord.py")
+    assert rec.main(["-trainingset_name", "direct", "--store", s3_store.url, "--no_progress", "--shard_images",
+                     "4"]) == 0
+    host, port = s3_server.endpoint.split("//")[1].split(":")
+    with LatencyProxy((host, int(port)), 0.0, faults={"503": 0.05, "reset": 0.02}, seed=7, retry_after=0,
+                      max_seconds=300) as proxy:
+        far = S3Store(s3_store.url, endpoint_url=proxy.url)
+        assert rec.main(["-trainingset_name", "faulty", "--store", s3_store.url, "--endpoint_url", proxy.url,
+                         "--no_progress", "--shard_images", "4"]) == 0
+        got = [(a.numpy(), b.numpy()) for a, b in records.RecordsDataset(far, "faulty", "train", height=32, width=32,
+                                                                          shuffle=False)]
+        injected = dict(proxy.injected)
+    assert sum(injected.values()) >= 3, injected
+    a, b = (records.description(s3_store, n) for n in ("direct", "faulty"))
+    for set_name in ("train", "val"):
+        assert [s["sha256"] for s in a["sets"][set_name]["shards"]] == \
+            [s["sha256"] for s in b["sets"][set_name]["shards"]]
+    want = [(x.numpy(), y.numpy()) for x, y in records.RecordsDataset(s3_store, "direct", "train", height=32,
+                                                                      width=32, shuffle=False)]
+    assert len(got) == len(want) == 12
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(got, want, strict=True))
+    print(f"faults injected {injected}: all survived, 0 lost")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,7 +142,32 @@ def _hash_file(path: Path, hashers, limit: int | None = None) -> None:
 
 
 class _Retry(Exception):
-    """A failed request: counted, backed off, retried (at most `retries` times in a row)."""
+    """A failed request: counted, backed off, retried (at most `retries` times in a row). `after`: the seconds the
+    server asked to wait (Retry-After), or None."""
+
+    def __init__(self, why: str, after: float | None = None):
+        super().__init__(why)
+        self.after = after
+
+
+MAX_RETRY_AFTER = 300.0  # a server's Retry-After is honoured up to this many seconds
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), clamped to 0..MAX_RETRY_AFTER; None when
+    absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, min(when - (time.time() if now is None else now), MAX_RETRY_AFTER))
 
 
 class _Transfer:
@@ -173,20 +199,25 @@ class _Transfer:
                     if self._attempt():
                         return self.sha.hexdigest(), self.md5.hexdigest()
                 except _Retry as e:
-                    self._backoff(str(e))
+                    self._backoff(str(e), e.after)
         finally:
             if self.pbar is not None:
                 self.pbar.close()
 
-    def _backoff(self, why: str) -> None:
+    def _backoff(self, why: str, after: float | None = None) -> None:
+        """Wait before the next try: exponential backoff with full jitter (a random share of min(30 s, backoff x
+        2^(failures - 1)), so many clients do not retry in step), or at least the server's Retry-After."""
         self.failures += 1
         if self.failures > self.retries:
             raise DownloadError(
                 f"{self.spec.name}: giving up after {self.retries} retries ({why}) from {safe_url(self.spec.url)}; "
                 "re-run the same command to resume where it stopped"
             )
-        delay = min(30.0, self.backoff * 2 ** (self.failures - 1))
-        log.warning("%s: %s; retry %d/%d in %.1f s", self.spec.name, why, self.failures, self.retries, delay)
+        delay = random.uniform(0.5, 1.0) * min(30.0, self.backoff * 2 ** (self.failures - 1))
+        if after is not None:
+            delay = max(delay, after)
+        log.warning("%s: %s; retry %d/%d in %.1f s%s", self.spec.name, why, self.failures, self.retries, delay,
+                    " (the server's Retry-After)" if after is not None and delay == after else "")
         time.sleep(delay)
 
     def _attempt(self) -> bool:
@@ -220,7 +251,7 @@ class _Transfer:
         name, url = self.spec.name, safe_url(self.spec.url)
         code = r.status_code
         if code in (429, 500, 502, 503, 504):
-            raise _Retry(f"HTTP {code}")
+            raise _Retry(f"HTTP {code}", retry_after(r.headers.get("Retry-After")) if code in (429, 503) else None)
         if code == 416 and asked:
             return self._on_416(r)
         if code in (401, 403):

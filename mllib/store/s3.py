@@ -29,6 +29,30 @@ def _bx():
     return exceptions
 
 
+DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 9}  # the first try and 8 retries
+
+
+def retry_settings(session) -> dict:
+    """botocore's retries: what the user set (AWS_RETRY_MODE / AWS_MAX_ATTEMPTS or the profile's retry_mode /
+    max_attempts, both counting every try) wins; what is unset gets mllib's default, standard mode with 9 tries (jittered exponential
+    backoff on throttling such as 503 SlowDown, on 5xx, connection resets and timeouts; adaptive mode adds
+    client-side rate limiting)."""
+    out = dict(DEFAULT_RETRIES)
+    core = session._session
+    mode = core.get_config_variable("retry_mode")
+    attempts = core.get_config_variable("max_attempts")
+    try:
+        profile = core.get_scoped_config() or {}
+    except Exception:  # noqa: BLE001 - a missing profile: botocore says so when the client is made
+        profile = {}
+    user_mode = os.environ.get("AWS_RETRY_MODE") or profile.get("retry_mode")
+    if user_mode and mode:
+        out["mode"] = mode
+    if attempts is not None:
+        out["total_max_attempts"] = int(attempts)
+    return out
+
+
 class S3Store(Store):
     def __init__(
         self,
@@ -69,8 +93,9 @@ class S3Store(Store):
         import boto3
         from botocore.config import Config
 
+        session = boto3.session.Session()
         cfg = dict(
-            retries={"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8), "mode": "standard"},  # throttling (503 SlowDown), 5xx, resets, timeouts
+            retries=retry_settings(session),
             max_pool_connections=self.max_pool_connections,
             connect_timeout=10,
             read_timeout=120,
@@ -84,7 +109,6 @@ class S3Store(Store):
             cfg_obj = Config(**cfg)
         if self.endpoint_url:
             cfg_obj = cfg_obj.merge(Config(s3={"addressing_style": "path"}))
-        session = boto3.session.Session()
         # verify=None lets botocore find the CA bundle itself (AWS_CA_BUNDLE, the profile's ca_bundle); passing
         # True would pin its default bundle and ignore both
         verify = None if self.verify is True else self.verify
