@@ -11,11 +11,33 @@ never a part (the fsync of the file before the rename and of the folder after it
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import uuid
 from pathlib import Path
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem, or the user's quota on it
+
 TMP_MARK = ".mllib-tmp-"  # a hidden temporary name: .NAME.mllib-tmp-XXXXXXXX, never listed as an object
+
+
+def is_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in FULL
+
+
+def no_space(path: str | os.PathLike, needed: int | None = None) -> str:
+    """One line for a full filesystem: where, how much the write needed and how much is free, and what to do."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{needed:,} bytes needed, " if needed else ""
+    return (f"no space left on the filesystem of {path} ({need}{free}); free some space or choose another folder, "
+            f"then re-run the same command (nothing was written under a final name)")
 
 
 def tmp_name(path: Path) -> Path:

@@ -131,6 +131,11 @@ def run(main: Callable[[], int], prog: str | None = None) -> int:
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine's side: disk full, permission denied, a missing local file
+        from mllib.atomic import is_full, no_space
+
+        if is_full(e):
+            print(f"{name}: error: {no_space(e.filename or os.getcwd())}", file=sys.stderr)
+            return 1
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"{name}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1

@@ -306,3 +306,112 @@ def test_conversion_and_reading_under_injected_503s_and_resets(s3_server, s3_sto
     assert len(got) == len(want) == 12
     assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(got, want, strict=True))
     print(f"faults injected {injected}: all survived, 0 lost")
+
+
+# -- full disks -------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(size_mb) -> a tmpfs folder of that size (root only; the test is skipped elsewhere); unmounted after."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size_mb: float, name: str = "fs"):
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size_mb * 1024)}k", "tmpfs", str(d)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()[:100]}): needs root")
+        mounted.append(d)
+        return d
+
+    def grow(d, size_mb: float):
+        subprocess.run(["mount", "-o", f"remount,size={int(size_mb * 1024)}k", str(d)], check=True)
+
+    mount.grow = grow
+    yield mount
+    for d in reversed(mounted):
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def leftovers(folder) -> list[str]:
+    from mllib.atomic import TMP_MARK
+
+    return [p.name for p in folder.rglob("*") if TMP_MARK in p.name]
+
+
+def test_a_full_local_store_loses_nothing(small_fs):
+    from mllib import store as mstore
+    from mllib.store import StoreError
+
+    d = small_fs(2)
+    st = mstore.connect(str(d / "store"))
+    st.put_bytes("a/keep.bin", b"k" * 500_000)
+    with pytest.raises(StoreError, match=r"writing .*big.bin: no space left on the filesystem of .* \(3,000,000 "
+                                         r"bytes needed, [\d,]+ bytes free\)"):
+        st.put_bytes("a/big.bin", b"b" * 3_000_000)
+    assert not st.exists("a/big.bin") and leftovers(d) == [] and st.get_bytes("a/keep.bin") == b"k" * 500_000
+    with pytest.raises(StoreError, match="no space left"):  # replacing an object: the old one stays whole
+        st.put_bytes("a/keep.bin", b"n" * 3_000_000)
+    assert st.get_bytes("a/keep.bin") == b"k" * 500_000
+    small_fs.grow(d, 8)
+    st.put_bytes("a/big.bin", b"b" * 3_000_000)
+    assert st.size("a/big.bin") == 3_000_000
+
+
+def test_a_full_workdir_stops_a_download_with_one_line_and_resumes(small_fs, tmp_path):
+
+    from mllib.get import fetch as fetching
+    from mllib.testing.mirror import Mirror
+
+    site = tmp_path / "site"
+    site.mkdir()
+    payload = np.random.default_rng(0).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
+    (site / "f.bin").write_bytes(payload)
+    work = small_fs(1, "work")
+    with Mirror(site) as m:
+        spec = fetching.FileSpec("f.bin", m.url + "/f.bin", size=len(payload))
+        with pytest.raises(fetching.DownloadError, match=r"f.bin: no space left on the filesystem of .*work "
+                                                         r"\([\d,]+ bytes needed"):
+            fetching.fetch(spec, work, bar=False, retries=1, backoff=0.001)
+        assert not (work / "f.bin").exists()  # only the .part, which a re-run resumes from
+        have = (work / "f.bin.part").stat().st_size
+        assert 0 < have < len(payload)
+        small_fs.grow(work, 8)
+        got = fetching.fetch(spec, work, bar=False, retries=1, backoff=0.001)
+    assert got.read_bytes() == payload
+
+
+def test_a_full_checkpoint_target_keeps_the_previous_checkpoint(small_fs, tmp_path, capsys):
+    """network2d's store on a filesystem whose free space is under a checkpoint's size (the next one is written
+    beside the last before it replaces it): one line naming the store and the space; the previous checkpoint
+    loads; --resume after space is freed completes."""
+    from mllib import store as mstore
+    from mllib.training import train
+
+    d = small_fs(8, "ckpt")
+    st = mstore.connect(str(d / "store"))
+    put_coco(st, tmp_path, "train2017", 4, seed=1, hw=(40, 56))
+    put_coco(st, tmp_path, "val2017", 1, seed=2, hw=(40, 56))
+    net = load_script("networks/network2d.py")
+    common = ["--store", st.url, "--height", "32", "--width", "32", "--batch_size", "2", "--model_width", "16",
+              "--model_depth", "2", "--num_workers", "0", "--no_progress", "--model_name", "c", "--metrics_file",
+              str(tmp_path / "run" / "m.jsonl"), "--checkpoint_every", "1", "--checkpoint_minutes", "0"]
+    assert net.main([*common, "--max_steps", "1"]) == 0
+    size = st.size("models/c/checkpoint.pt")
+    import shutil
+
+    used = shutil.disk_usage(d).used
+    small_fs.grow(d, (used + size * 0.5) / 2**20)  # the next checkpoint's temporary file does not fit
+    assert shutil.disk_usage(d).free < size
+    free_before = st.get_bytes("models/c/checkpoint.pt")
+    assert net.main([*common, "--max_steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the filesystem of" in err and "bytes needed" in err and len(err.strip().splitlines()) == 1
+    ck = train.load_checkpoint(st, "c", "cpu")  # the last whole checkpoint loads
+    assert ck["step"] >= 1 and leftovers(d) == []
+    assert free_before == st.get_bytes("models/c/checkpoint.pt") or ck["step"] > 1
+    small_fs.grow(d, 64)
+    assert net.main([*common, "--max_steps", "4", "--resume"]) == 0
+    assert train.load_checkpoint(st, "c", "cpu")["step"] == 4

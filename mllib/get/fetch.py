@@ -193,6 +193,8 @@ class _Transfer:
         self.total = spec.size
 
     def run(self) -> tuple[str, str]:
+        from mllib.atomic import is_full, no_space
+
         try:
             while True:
                 try:
@@ -200,6 +202,11 @@ class _Transfer:
                         return self.sha.hexdigest(), self.md5.hexdigest()
                 except _Retry as e:
                     self._backoff(str(e), e.after)
+                except OSError as e:  # the part keeps what was written: a re-run resumes from there
+                    if is_full(e):
+                        left = (self.total - self.have) if self.total is not None else None
+                        raise DownloadError(f"{self.spec.name}: " + no_space(self.part.parent, left)) from None
+                    raise
         finally:
             if self.pbar is not None:
                 self.pbar.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mllib.atomic import TMP_MARK, atomic_write
+from mllib.atomic import TMP_MARK, atomic_write, is_full, no_space
 from mllib.store.base import CHUNK, NotFound, ObjectInfo, Store, StoreError, clean_key, etag_of_file
 
 
@@ -53,9 +53,16 @@ class LocalStore(Store):
             raise NotFound(f"{self.url_for(key)} does not exist") from None
 
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
-        with atomic_write(self._path(key)) as f:  # fsync file, rename, fsync folder
-            for chunk in iter(lambda: stream.read(CHUNK), b""):
-                f.write(chunk)
+        written = 0
+        try:
+            with atomic_write(self._path(key)) as f:  # fsync file, rename, fsync folder
+                for chunk in iter(lambda: stream.read(CHUNK), b""):
+                    f.write(chunk)
+                    written += len(chunk)
+        except OSError as e:  # the temporary file is gone, the object under its name unchanged
+            if is_full(e):
+                raise StoreError(f"writing {self.url_for(key)}: " + no_space(self.root, size or written)) from None
+            raise
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         with open(path, "rb") as f:
