@@ -67,13 +67,14 @@ def main(argv=None) -> int:
                     print(f"  round {r}, faults {case}: {n} images in {times[case][-1]:.2f} s, {requests} requests, "
                           f"injected {proxy.injected}", flush=True)
             base = statistics.median(times["none"])
-            same = len({tuple(v) for v in sha.values()}) == 1
+            same = len({tuple(v) for v in sha.values()}) == 1  # every conversion completed with the same bytes
             print(f"cocorecord --jobs 2 of {n} real images through the proxy (medians of {a.rounds} alternating rounds):")
             for case in CASES:
                 m = statistics.median(times[case])
                 total = sum(injected[case].values())
+                fate = f"{total} survived, 0 lost" if same else "records differ: see below"
                 print(f"  faults {case:>18}: {m:.2f} s ({100 * (m / base - 1):+.0f}%), {total} faults injected "
-                      f"{injected[case]}, {total} survived, 0 lost")
+                      f"{injected[case]}, {fate}")
             print(f"records byte for byte the fault-free run's in every round: {same}")
     finally:
         server.stop()
