@@ -232,18 +232,18 @@ def test_s3_retries_are_the_users_when_set(monkeypatch, tmp_path):
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    retries = S3Store("s3://b", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
+    retries = S3Store("s3://bkt", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
     assert retries == {"mode": "standard", "total_max_attempts": 9}  # mllib's default
     monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
-    retries = S3Store("s3://b", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
+    retries = S3Store("s3://bkt", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
     assert retries == {"mode": "adaptive", "total_max_attempts": 3}  # AWS_MAX_ATTEMPTS counts every try
     monkeypatch.delenv("AWS_RETRY_MODE")
     monkeypatch.delenv("AWS_MAX_ATTEMPTS")
     (tmp_path / "config").write_text("[profile p]\nretry_mode = legacy\nmax_attempts = 2\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_PROFILE", "p")
-    retries = S3Store("s3://b", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
+    retries = S3Store("s3://bkt", endpoint_url="http://127.0.0.1:9").client.meta.config.retries
     assert retries == {"mode": "legacy", "total_max_attempts": 2}
 
 
@@ -415,3 +415,89 @@ def test_a_full_checkpoint_target_keeps_the_previous_checkpoint(small_fs, tmp_pa
     small_fs.grow(d, 64)
     assert net.main([*common, "--max_steps", "4", "--resume"]) == 0
     assert train.load_checkpoint(st, "c", "cpu")["step"] == 4
+
+
+# -- the store restarts mid-job ---------------------------------------------------------------------------------------
+@pytest.fixture
+def own_server(tmp_path):
+    """A SeaweedFS server of the test's own (the session's stays up), with its environment set."""
+    from mllib.testing.seaweed import SeaweedS3
+
+    server = SeaweedS3(tmp_path / "weed").start()
+    try:
+        with server.environment():
+            server.create_bucket("bkt")
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.long
+@pytest.mark.s3
+@pytest.mark.timeout(300)
+def test_a_conversion_rides_through_a_store_restart(own_server, tmp_path, caplog):
+    """The server is SIGKILLed when the conversion has written its first shard and started again 5 s later on the
+    same ports and data: cocorecord completes, with the records of an uninterrupted run byte for byte."""
+    import logging
+
+    from mllib import store as mstore
+
+    st = mstore.connect("s3://bkt")
+    put_coco(st, tmp_path, "val2017", 90, seed=3, hw=(120, 160))
+    rec = load_script("datasets/cocorecord.py")
+    common = ["--store", "s3://bkt", "--no_progress", "--shard_images", "6"]
+    assert rec.main(["-trainingset_name", "ref", *common]) == 0
+    caplog.set_level(logging.WARNING)
+    outage = own_server.outage(5.0, when=lambda: any(True for _ in st.list("trainingsets/cut/.shards/")))
+    assert rec.main(["-trainingset_name", "cut", *common]) == 0
+    outage.join(60)
+    assert [e[0] for e in outage.events] == ["killed", "started"]
+    assert "the S3 endpoint is away" in caplog.text  # it waited, and went on
+    a, b = (records.description(st, n)["sets"]["val"]["shards"] for n in ("ref", "cut"))
+    assert [s["sha256"] for s in a] == [s["sha256"] for s in b] and len(a) == 15
+    print(f"1 store restart injected during cocorecord: survived, 0 lost ({outage.events})")
+
+
+@pytest.mark.long
+@pytest.mark.s3
+@pytest.mark.timeout(300)
+def test_reading_records_rides_through_a_store_restart(own_server, tmp_path):
+    from mllib import store as mstore
+
+    st = mstore.connect("s3://bkt")
+    put_coco(st, tmp_path, "val2017", 24, seed=3, hw=(120, 160))
+    rec = load_script("datasets/cocorecord.py")
+    assert rec.main(["-trainingset_name", "r", "--store", "s3://bkt", "--no_progress", "--shard_images", "4"]) == 0
+    ds = records.RecordsDataset(mstore.connect("s3://bkt"), "r", "val", height=48, width=48, shuffle=False)
+    want = [(a.numpy(), b.numpy()) for a, b in ds]
+    it = iter(ds)
+    got = [tuple(t.numpy() for t in next(it))]
+    outage = own_server.outage(4.0)  # now, with a shard being read
+    got += [(a.numpy(), b.numpy()) for a, b in it]
+    outage.join(60)
+    assert [e[0] for e in outage.events] == ["killed", "started"]
+    assert len(got) == len(want) == 24
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(got, want, strict=True))
+
+
+@pytest.mark.long
+@pytest.mark.s3
+@pytest.mark.timeout(120)
+def test_an_outage_longer_than_the_budget_is_one_line(own_server, monkeypatch):
+    import time
+
+    from mllib import store as mstore
+    from mllib.store import StoreError
+
+    monkeypatch.setenv("MLLIB_STORE_OUTAGE_S", "2")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries off: the budget alone
+    st = mstore.connect("s3://bkt")
+    st.put_bytes("k", b"v")
+    own_server.kill()
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match=r"s3://bkt/k: the S3 endpoint http://127.0.0.1:\d+ has not answered "
+                                         r"GetObject for \d s .*MLLIB_STORE_OUTAGE_S=2.*re-run the same command"):
+        st.get_bytes("k")
+    assert 2 <= time.monotonic() - t0 < 30
+    own_server.start()
+    assert st.get_bytes("k") == b"v"  # back: the data survived the kill

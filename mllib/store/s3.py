@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -27,6 +28,27 @@ def _bx():
     from botocore import exceptions
 
     return exceptions
+
+
+def outage_budget() -> float:
+    """Seconds a store call keeps trying while the endpoint is away (MLLIB_STORE_OUTAGE_S, default 60)."""
+    try:
+        return max(0.0, float(os.environ.get("MLLIB_STORE_OUTAGE_S", "60")))
+    except ValueError:
+        return 60.0
+
+
+def _outage(e: Exception) -> bool:
+    """An error that means the endpoint is away (not that the request was wrong)."""
+    bx = _bx()
+    if isinstance(e, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ConnectionClosedError |
+                  bx.ReadTimeoutError):
+        return True
+    if isinstance(e, bx.ClientError):
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
+    return False
 
 
 DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 9}  # the first try and 8 retries
@@ -167,12 +189,33 @@ class S3Store(Store):
         return StoreError(f"{where}: S3 {what} failed: {code or status}")
 
     def _call(self, what: str, key: str | None, fn: Callable, **kw):
-        """fn(**kw), with every botocore error translated into one StoreError line (NotFound for a 404)."""
+        """fn(**kw), with every botocore error translated into one StoreError line (NotFound for a 404). When the
+        endpoint is away (refused or dropped connections, timeouts, 5xx after botocore's own retries: a restarting
+        server, a load balancer failing over) the call is tried again with jittered backoff until the outage budget
+        (MLLIB_STORE_OUTAGE_S, 60 s) has passed since its first failure; then one line says so."""
         bx = _bx()
-        try:
-            return fn(**kw)
-        except (bx.ClientError, bx.BotoCoreError) as e:
-            raise self._error(e, what, key) from None
+        first = None
+        delay = 0.5
+        while True:
+            try:
+                return fn(**kw)
+            except (bx.ClientError, bx.BotoCoreError) as e:
+                if not _outage(e):
+                    raise self._error(e, what, key) from None
+                now = time.monotonic()
+                first = first or now
+                budget = outage_budget()
+                if now - first >= budget:
+                    raise StoreError(
+                        f"{self.url_for(key) if key else self.url}: the S3 endpoint {self.endpoint_url or 'AWS'} "
+                        f"has not answered {what} for {now - first:.0f} s ({type(e).__name__}; outage budget "
+                        f"MLLIB_STORE_OUTAGE_S={budget:g}); re-run the same command when it is back (finished work "
+                        f"is kept)") from None
+                wait = min(delay * random.uniform(0.5, 1.0), max(0.0, first + budget - now))
+                log.warning("%s %s: the S3 endpoint is away (%s); trying again in %.1f s (%.0f of %g s)", what,
+                            key or "", type(e).__name__, wait, now - first, budget)
+                time.sleep(wait)
+                delay = min(delay * 2, 8.0)
 
     def check(self) -> None:
         """Probe the bucket once: clear errors for credentials, a missing bucket, an unreachable endpoint."""
@@ -226,7 +269,9 @@ class S3Store(Store):
 
     def open(self, key: str, **extra) -> BinaryIO:
         r = self._call("GetObject", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key), **extra)
-        return r["Body"]
+        if extra:
+            return r["Body"]
+        return _Resuming(self, key, r)
 
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         full = self._k(key)
@@ -279,6 +324,72 @@ class S3Store(Store):
         return info.etag or ""
 
 
+
+
+class _Resuming:
+    """A whole object's body that survives the connection dropping mid-read: the rest is asked for again from the
+    byte reached (Range, If-Match the ETag: the same object, or an error), through _call's outage budget."""
+
+    def __init__(self, store: S3Store, key: str, response: dict):
+        self.store, self.key = store, key
+        self.body, self.etag = response["Body"], response.get("ETag")
+        self.length = int(response.get("ContentLength") or 0)
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        import urllib3
+
+        bx = _bx()
+        first = None
+        while True:
+            try:
+                b = self.body.read() if n is None or n < 0 else self.body.read(n)
+            except (bx.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as e:
+                now = time.monotonic()
+                first = first or now
+                if now - first >= outage_budget():
+                    raise self.store._error(e, "GetObject", self.key) from None
+                log.warning("%s: the connection dropped at byte %d (%s); reading on from there", self.key,
+                            self.pos, type(e).__name__)
+                self._reopen()
+                continue
+            if not b and self.pos < self.length and (n is None or n != 0):
+                self._reopen()  # a body that ended early without an error
+                continue
+            self.pos += len(b)
+            return b
+
+    def _reopen(self) -> None:
+        with _quiet_close(self.body):
+            pass
+        extra = {"IfMatch": self.etag} if self.etag else {}
+        r = self.store._call("GetObject", self.key, self.store.client.get_object, Bucket=self.store.bucket,
+                             Key=self.store._k(self.key), Range=f"bytes={self.pos}-", **extra)
+        self.body = r["Body"]
+
+    def close(self) -> None:
+        self.body.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _quiet_close:  # noqa: N801 - a context manager used like a function
+    def __init__(self, body):
+        self.body = body
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.body.close()
+        except Exception:  # noqa: BLE001 - the body is being dropped anyway
+            pass
+        return False
 
 
 def _read_full(stream: BinaryIO, n: int) -> bytes:

