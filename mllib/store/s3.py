@@ -99,6 +99,7 @@ class S3Store(Store):
         self.max_pool_connections = max_pool_connections
         self._client = PerProcess(self._make_client)  # a store travels to worker processes; each makes its own
         self.fast_put = FastPut(self, enabled=fast_put)
+        self.reached = False  # whether the endpoint has answered this store (travels with it to worker processes)
 
     def with_bucket(self, bucket: str) -> Store:
         if bucket == self.bucket:
@@ -192,15 +193,18 @@ class S3Store(Store):
         """fn(**kw), with every botocore error translated into one StoreError line (NotFound for a 404). When the
         endpoint is away (refused or dropped connections, timeouts, 5xx after botocore's own retries: a restarting
         server, a load balancer failing over) the call is tried again with jittered backoff until the outage budget
-        (MLLIB_STORE_OUTAGE_S, 60 s) has passed since its first failure; then one line says so."""
+        (MLLIB_STORE_OUTAGE_S, 60 s) has passed since its first failure; then one line says so. An endpoint this
+        store has never reached is an error at once (a wrong URL is not an outage)."""
         bx = _bx()
         first = None
         delay = 0.5
         while True:
             try:
-                return fn(**kw)
+                out = fn(**kw)
+                self.reached = True
+                return out
             except (bx.ClientError, bx.BotoCoreError) as e:
-                if not _outage(e):
+                if not _outage(e) or not self.reached:  # never answered: a wrong endpoint, said at once
                     raise self._error(e, what, key) from None
                 now = time.monotonic()
                 first = first or now
