@@ -411,3 +411,13 @@ def test_export_round_trip(local_store, tmp_path, capsys):
     assert export.main(["--store", local_store.url, "--model_name", "x", "--out", str(tmp_path / "y.onnx"),
                         "--image", str(tmp_path / "missing.jpg")]) == 2
     assert not (tmp_path / "y.onnx").exists()
+
+
+def test_step_rate_measure_with_color_jitter(local_store, tmp_path):
+    """The GPU-only step rate is measured on a made-up batch, which carries no sample indices: no jitter there."""
+    put_coco(local_store, tmp_path, "train2017", 4, seed=1, hw=(48, 64))
+    put_coco(local_store, tmp_path, "val2017", 1, seed=2, hw=(48, 64))
+    net = load_script("networks/network2d.py")
+    assert net.main(["--store", local_store.url, *TINY, "--max_steps", "1", "--model_name", "s", "--step_rate_steps",
+                     "1", "--color_jitter", "0.1,0.1,0.1,0.01", "--metrics_file", str(tmp_path / "r" / "m.jsonl")]) == 0
+    assert train.load_checkpoint(local_store, "s", "cpu")["metrics"][-1]["gpu_only_images_per_s"] > 0

@@ -544,7 +544,7 @@ def _measure_step_rate(run: _Run, criterion) -> float | None:
     shape = (cfg.batch_size, 1 if cfg.imflags == 0 else 3, cfg.height, cfg.width)
     images = torch.randint(0, 256, shape, dtype=torch.uint8, device=run.device)
     labels = torch.randint(0, run.class_dict.classes, (cfg.batch_size, cfg.height, cfg.width), device=run.device)
-    batch = run.prep((images, labels))
+    batch = BatchPrep(run.device, cfg.normalize)((images, labels))  # no jitter: the indices are not there
     run.set_lr(0)
     return round(step_rate(run.net, run.optimizer, criterion, batch, run.device, n, run.amp_dtype, run.scaler), 2)
 
