@@ -117,7 +117,10 @@ def run(args) -> int:
         if getattr(data, "classes", class_dict).names != class_dict.names:
             raise MllibError(f"the checkpoint predicts {class_dict.names}; the data's labels are "
                              f"{data.classes.names}: give a source in the checkpoint's classes")
-        if args.max_images and isinstance(data, ev.FullImages):
+        if args.max_images:
+            if not isinstance(data, ev.FullImages):
+                raise MllibError("--max_images takes the first images of a source or COCO set; a records set is "
+                                 "evaluated whole")
             data = ev.FullImages(data.ds, data.rows[: args.max_images])
         crop = tuple(args.crop) if args.crop else (cfg.height, cfg.width)
         stride = (tuple(args.stride) * 2)[:2] if args.stride and len(args.stride) == 1 else \
