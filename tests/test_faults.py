@@ -501,3 +501,60 @@ def test_an_outage_longer_than_the_budget_is_one_line(own_server, monkeypatch):
     assert 2 <= time.monotonic() - t0 < 30
     own_server.start()
     assert st.get_bytes("k") == b"v"  # back: the data survived the kill
+
+
+# -- load ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.s3
+@pytest.mark.long
+@pytest.mark.timeout(300)
+def test_eight_loader_workers_and_a_conversion_at_once(own_server, tmp_path):
+    """8 DataLoader workers read a COCO set from one SeaweedFS while cocorecord --jobs 2 converts both sets from it,
+    for a bounded time (the conversion's, at least 20 s): no errors, every sample equal to the same sample read
+    alone; the samples per second are printed (a figure, not asserted)."""
+    import threading
+    import time
+
+    import torch
+
+    from mllib import store as mstore
+    from mllib.loaders.cocodataset import CocoDataset
+
+    st = mstore.connect("s3://bkt")
+    put_coco(st, tmp_path, "val2017", 48, seed=3, hw=(120, 160))
+    put_coco(st, tmp_path, "train2017", 96, seed=4, hw=(120, 160))
+
+    def ds():
+        return CocoDataset(mstore.connect("s3://bkt"), astype="uint8", normalize="none", label_dtype="uint8",
+                           height=64, width=64, seed=5)
+
+    alone = ds()
+    want = [tuple(t.clone() for t in alone[i][:2]) for i in range(len(alone))]
+    rec = load_script("datasets/cocorecord.py")
+    done = {}
+
+    def convert():
+        done["rc"] = rec.main(["-trainingset_name", "load", "--store", "s3://bkt", "--no_progress", "--jobs", "2",
+                               "--dataset", "coco", "--shard_images", "8"])
+
+    conv = threading.Thread(target=convert)
+    seen, t0 = 0, time.monotonic()
+    loader = torch.utils.data.DataLoader(ds(), batch_size=4, num_workers=8, shuffle=False, persistent_workers=True)
+    conv.start()
+    rounds = 0
+    while time.monotonic() - t0 < 20 or conv.is_alive():  # bounded: the conversion's time, at least 20 s
+        for k, (img, lab, _, _) in enumerate(loader):
+            for j in range(len(img)):
+                i = 4 * k + j
+                assert torch.equal(img[j], want[i][0]) and torch.equal(lab[j], want[i][1]), i
+                seen += 1
+        rounds += 1
+        if time.monotonic() - t0 > 120:
+            break
+    seconds = time.monotonic() - t0
+    conv.join(120)
+    assert done.get("rc") == 0
+    desc = records.description(st, "load")
+    assert sum(v["length"] for v in desc["sets"].values()) == 144
+    print(f"load: {seen} samples ({rounds} passes, 8 workers, one GET each) in {seconds:.1f} s = "
+          f"{seen / seconds:.0f} samples/s, beside cocorecord --jobs 2 of 144 images (its own time: see above): "
+          f"0 errors, every sample correct")
