@@ -187,10 +187,11 @@ class Conversion:
 
             with ThreadPoolExecutor(8, thread_name_prefix="mllib-verify") as pool:
                 checked = list(pool.map(lambda k: check_shard(self.store, k, results[k]), list(results)))
+            by_key = {t["key"]: t for t in tasks}
             for r in checked:
                 if r["problems"]:
                     log.warning("re-writing %s: %s", r["key"], r["problems"][0])
-                    todo.append(next(t for t in tasks if t["key"] == r["key"]))
+                    todo.append(by_key[r["key"]])
                     del results[r["key"]]
             log.info("%d of %d shards already written and intact (sha256), skipping them", len(results), len(tasks))
         total = sum(len(t["items"]) for t in todo)

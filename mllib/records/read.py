@@ -148,7 +148,7 @@ def tf_dataset(store: Store, name: str, set_name: str, parse_records: bool = Tru
     digests = shard_digests(store, name, desc)
 
     def records():
-        on_bad = (lambda e: bad.append(e) if bad is not None else None) if skip_bad else None
+        on_bad = (bad.append if bad is not None else lambda e: None) if skip_bad else None
         return (r for r in iter_serialized(store, keys, on_bad, digests) if r is not None)
 
     ds = tf.data.Dataset.from_generator(records, output_signature=tf.TensorSpec([], tf.string))
@@ -283,28 +283,22 @@ class RecordsDataset(_torch_iterable()):
 
     def _read_shard(self, s: int, n: int):
         """Shard s's n records as the description counts them: each serialized record, or None for one that failed
-        its checks (skip_bad; a shard cut short or unframeable from some record on gives None for the rest)."""
+        its checks (skip_bad; a shard cut short or unframeable from some record on gives None for the rest).
+        iter_serialized reports a record count other than n; records past n are left out."""
         got, tail = 0, []
 
         def on_bad(e):
-            tail.extend([e] if e.rest else [])
+            if e.rest:
+                tail.append(e)
             self._on_bad(e)
 
         for rec in iter_serialized(self.store, [self.keys[s]], on_bad if self.skip_bad else None,
                                    self.digests, {self.keys[s]: n}):
-            if got == n:
-                err = tfrecord.RecordError(f"{self.keys[s]}: more records than description.json's {n}", self.keys[s])
-                if not self.skip_bad:
-                    raise err
-                self._on_bad(err)
-                return
             got += 1
-            yield rec
-        if got < n:
-            if not self.skip_bad:  # a shard that ends cleanly but short (its bytes were cut at a record boundary)
-                raise tfrecord.RecordError(f"{self.keys[s]}: {got} records, description.json says {n} (the shard "
-                                           f"was cut short)", self.keys[s], got, rest=True)
-            self._bad[0] += n - got  # the records lost with the shard's end
+            if got <= n:
+                yield rec
+        if got < n:  # only under skip_bad (else iter_serialized has raised): the records lost with the shard's end
+            self._bad[0] += n - got
             yield from itertools.repeat(None, n - got)
         elif tail:  # bytes after the last record that frame no record: nothing lost, still counted
             self._bad[0] += 1
