@@ -59,7 +59,7 @@ def main() -> int:
 
     from mllib import store as mstore
     from mllib.loaders.cocodataset import CocoDataset
-    from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
+    from mllib.loaders.gpu import BatchPrep
     from mllib.training import evaluate as ev
     from mllib.training import train
 
@@ -125,16 +125,7 @@ def main() -> int:
             whole_t.append((time.perf_counter() - t0) / n_w)
             loader = torch.utils.data.DataLoader(crop_ds, batch_size=8, num_workers=a.workers)
             t0 = time.perf_counter()
-
-            class Done:
-                def images(self, x):
-                    return x
-
-                def labels(self, y):
-                    return y
-
-            cm_c, n_c = ev.evaluate(model, DevicePrefetcher(loader, BatchPrep(dev)), Done(), dev, 4, 255,
-                                    mode="center")
+            cm_c, n_c = ev.evaluate(model, loader, BatchPrep(dev), dev, 4, 255, mode="center")
             center_t.append((time.perf_counter() - t0) / n_c)
         w, c = min(whole_t), min(center_t)
         print(f"evaluation per image, {a.workers} workers, CPU ({os.cpu_count()} cores), best of {a.rounds}:")

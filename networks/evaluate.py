@@ -129,8 +129,9 @@ def run(args) -> int:
         if pred_dir is not None:
             pred_dir.mkdir(parents=True, exist_ok=True)
             if isinstance(data, ev.FullImages):
-                names = data.names()
-                dup = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) < len(names) else []
+                from collections import Counter
+
+                dup = sorted(n for n, c in Counter(data.names()).items() if c > 1)
                 if dup:
                     raise MllibError(f"--save_predictions names files by image stem, and {len(dup)} stems repeat "
                                      f"(first {dup[0]!r}): evaluate the sources one at a time")

@@ -56,20 +56,19 @@ DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 9}  # the first try
 
 def retry_settings(session) -> dict:
     """botocore's retries: what the user set (AWS_RETRY_MODE / AWS_MAX_ATTEMPTS or the profile's retry_mode /
-    max_attempts, both counting every try) wins; what is unset gets mllib's default, standard mode with 9 tries (jittered exponential
-    backoff on throttling such as 503 SlowDown, on 5xx, connection resets and timeouts; adaptive mode adds
+    max_attempts, both counting every try) wins; what is unset gets mllib's default, standard mode with 9 tries
+    (jittered exponential backoff on throttling such as 503 SlowDown, on 5xx, connection resets and timeouts; adaptive mode adds
     client-side rate limiting)."""
     out = dict(DEFAULT_RETRIES)
     core = session._session
-    mode = core.get_config_variable("retry_mode")
-    attempts = core.get_config_variable("max_attempts")
     try:
         profile = core.get_scoped_config() or {}
     except Exception:  # noqa: BLE001 - a missing profile: botocore says so when the client is made
         profile = {}
-    user_mode = os.environ.get("AWS_RETRY_MODE") or profile.get("retry_mode")
-    if user_mode and mode:
+    mode = os.environ.get("AWS_RETRY_MODE") or profile.get("retry_mode")  # botocore's own default is not the user's
+    if mode:
         out["mode"] = mode
+    attempts = core.get_config_variable("max_attempts")  # None unless the environment or the profile sets it
     if attempts is not None:
         out["total_max_attempts"] = int(attempts)
     return out
@@ -364,7 +363,9 @@ class _Resuming:
             return b
 
     def _reopen(self) -> None:
-        with _quiet_close(self.body):
+        try:
+            self.body.close()
+        except Exception:  # noqa: BLE001 - the broken body is dropped anyway
             pass
         extra = {"IfMatch": self.etag} if self.etag else {}
         r = self.store._call("GetObject", self.key, self.store.client.get_object, Bucket=self.store.bucket,
@@ -379,21 +380,6 @@ class _Resuming:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class _quiet_close:  # noqa: N801 - a context manager used like a function
-    def __init__(self, body):
-        self.body = body
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self.body.close()
-        except Exception:  # noqa: BLE001 - the body is being dropped anyway
-            pass
-        return False
 
 
 def _read_full(stream: BinaryIO, n: int) -> bytes:

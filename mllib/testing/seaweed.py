@@ -217,15 +217,13 @@ class SeaweedS3:
 
         def run():
             while when is not None and not when():
-                if getattr(t, "cancelled", False):
-                    return
                 time.sleep(poll_s)
             t0 = time.monotonic()
             self.kill()
-            t.events.append(("killed", round(t0, 3)))
+            t.events.append(("killed", 0.0))
             time.sleep(down_s)
             self.start()
-            t.events.append(("started", round(time.monotonic() - t0, 3)))
+            t.events.append(("started", round(time.monotonic() - t0, 3)))  # seconds after the kill
 
         t = threading.Thread(target=run, name="seaweed-outage", daemon=True)
         t.events = []
@@ -243,14 +241,8 @@ class SeaweedS3:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=grace_s)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait()
-        self.proc = None
-        if getattr(self, "log", None):
-            self.log.close()
+                pass
+        self.kill()  # whatever is left, and the log closed
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

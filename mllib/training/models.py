@@ -139,10 +139,7 @@ def build(config: dict) -> nn.Module:
     c = dict(config)
     arch = c.pop("arch", "unet")
     if arch == "unet":
-        m = UNet(c["in_channels"], c["classes"], width=c.get("width", 16), depth=c.get("depth", 4))
-        m.config = {"arch": "unet", **m.config}
-        m.pad_to = 2 ** m.config["depth"]
-        return m
+        return UNet(c["in_channels"], c["classes"], width=c.get("width", 16), depth=c.get("depth", 4))
     if arch == "deeplabv3plus":
         return DeepLabV3Plus(c["in_channels"], c["classes"], c.get("backbone", "resnet50"), c.get("output_stride", 16))
     raise MllibError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")

@@ -25,6 +25,7 @@ from mllib.loaders.gpu import BatchPrep
 log = logging.getLogger(__name__)
 
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ_INV = torch.linalg.inv(_YIQ)
 _GREY = (0.299, 0.587, 0.114)
 
 
@@ -57,7 +58,7 @@ def color_jitter(x: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
     rot = torch.zeros((n, 3, 3), dtype=torch.float64)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    m = (torch.linalg.inv(_YIQ) @ rot @ _YIQ).to(torch.float32).to(x.device)  # N x 3 x 3, RGB -> RGB
+    m = (_YIQ_INV @ rot @ _YIQ).to(torch.float32).to(x.device)  # N x 3 x 3, RGB -> RGB
     return torch.einsum("nij,njhw->nihw", m, x).clamp_(0, 255)
 
 

@@ -369,6 +369,11 @@ def _resume(run: _Run) -> tuple[int, int, list, dict | None]:
     epoch, step, history = restore(run.model, run.optimizer, run.scaler, ck)
     if ck.get("schedule_steps"):
         run.schedule_steps = int(ck["schedule_steps"])  # the schedule the run began with, whatever --epochs is now
+    if run.cfg.class_weights != "none":  # the weights the run began with
+        if not ck.get("class_weights"):
+            raise MllibError(f"--resume: the checkpoint has no class weights; it was made with --class_weights "
+                             f"{(ck.get('config') or {}).get('class_weights', 'none')!r}")
+        run.class_weights = ck["class_weights"]
     position = ck.get("position") if not ck.get("epoch_complete", True) else None
     if run.rank == 0:
         where = f", {position.get('samples', position.get('steps'))} {position['kind']} into the epoch" \
@@ -562,10 +567,8 @@ def make_model(cfg: TrainConfig, classes: int, device, world: int) -> nn.Module:
     model = models.build(model_config(cfg, classes))
     if cfg.encoder_weights and not cfg.resume:  # a resumed run has its weights in the checkpoint
         models.load_encoder_weights(model, cfg.encoder_weights)
-    if world > 1 and device.type == "cuda":  # batch statistics over every rank's batch
-        pad_to, config = model.pad_to, model.config
+    if world > 1 and device.type == "cuda":  # batch statistics over every rank's batch (the same module back)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.pad_to, model.config = pad_to, config
     return model.to(device).to(memory_format=torch.channels_last)
 
 
@@ -596,11 +599,10 @@ def fit(cfg: TrainConfig, store: Store) -> dict | None:
         run = _Run(cfg, store, rank, world, device, class_dict, model, net, optimizer, amp_dtype, scaler, prep,
                    loss_fn(class_dict.ignore), eval_data, schedule_steps=cfg.epochs * len(train_loader))
         epoch, step, history, (position, stats) = _resume(run) if cfg.resume else (0, 0, [], (None, None))
-        if cfg.resume and cfg.class_weights != "none":  # the weights the run began with
-            weights = torch.tensor(_checkpoint_weights(run), dtype=torch.float32)
         if weights is not None:
             run.class_weights = weights.tolist()
-            run.criterion = loss_fn(class_dict.ignore, weights.to(device))
+        if run.class_weights is not None:
+            run.criterion = loss_fn(class_dict.ignore, torch.tensor(run.class_weights, device=device))
         if rank == 0:
             run.record = RunRecord(Path(cfg.metrics_file).parent if cfg.metrics_file else
                                    Path(layout.run_metrics(cfg.model_name)).parent, not cfg.no_tensorboard)
@@ -628,14 +630,6 @@ def close_loader(loader) -> None:
         loader._iterator = None
 
 
-def _checkpoint_weights(run: _Run) -> list:
-    ck = load_checkpoint(run.store, run.cfg.model_name, "cpu")
-    if not ck.get("class_weights"):
-        raise MllibError(f"--resume: the checkpoint has no class weights; it was made with --class_weights "
-                         f"{(ck.get('config') or {}).get('class_weights', 'none')!r}")
-    return ck["class_weights"]
-
-
 def validate(run: _Run, picture: bool = False) -> tuple[dict | None, object]:
     """The epoch's validation (--val_mode) with network2d's model: (report, a picture of image | label | prediction
     of the first images, or None)."""
@@ -648,12 +642,9 @@ def validate(run: _Run, picture: bool = False) -> tuple[dict | None, object]:
         if len(shown) < 4:
             shown.append((name, image, label, pred))
 
-    if cfg.val_mode == "center":
-        loader = DevicePrefetcher(run.eval_data, run.prep)  # (images, labels) already on the device
-        prep = _OnDevice()
-    else:
-        loader = ev.eval_loader(run.eval_data, min(cfg.num_workers, 8), run.rank, run.world)
-        prep = BatchPrep(run.device, cfg.normalize)
+    loader = run.eval_data if cfg.val_mode == "center" else \
+        ev.eval_loader(run.eval_data, min(cfg.num_workers, 8), run.rank, run.world)
+    prep = BatchPrep(run.device, cfg.normalize)  # no colour jitter on validation
     crop = (cfg.height, cfg.width)
     stride = (cfg.val_stride, cfg.val_stride) if cfg.val_stride else ev.stride_for(crop)
     cm, n = ev.evaluate(run.model, loader, prep, run.device, run.class_dict.classes, run.class_dict.ignore,
@@ -662,16 +653,6 @@ def validate(run: _Run, picture: bool = False) -> tuple[dict | None, object]:
     report = {**cm.report(run.class_dict.names), "images": n, "mode": cfg.val_mode}
     sheet = ev.sample_sheet(shown, run.class_dict, 192) if shown else None
     return report, sheet
-
-
-class _OnDevice:
-    """The prep of batches DevicePrefetcher has already prepared."""
-
-    def images(self, x):
-        return x
-
-    def labels(self, y):
-        return y
 
 
 def _train(run: _Run, train_loader, pos, ctl: _Control, train_ds, epoch: int, step: int, history: list,
@@ -699,8 +680,7 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, train_ds, epoch: int, st
                 "gpu_only_images_per_s": round(gpu_rate * run.world, 2) if gpu_rate else None,
                 "vs_gpu_only": round(seen / elapsed / (gpu_rate * run.world), 3) if gpu_rate else None,
                 "device": str(run.device), "world_size": run.world, "lr": run.optimizer.param_groups[0]["lr"],
-                "bad_samples": base_dataset(train_ds).bad_count() if hasattr(base_dataset(train_ds), "bad_count")
-                else None, "val": val}
+                "bad_samples": base_dataset(train_ds).bad_count(), "val": val}
         history.append(last)
         if run.rank == 0:  # cut short by --max_steps: the position says where the epoch goes on
             _save(run, epoch, complete, step, history, metrics_path, None if complete else pos.state(

@@ -17,7 +17,8 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class UNet(nn.Module):
     def __init__(self, in_channels: int = 3, classes: int = 4, width: int = 16, depth: int = 4):
         super().__init__()
-        self.config = {"in_channels": in_channels, "classes": classes, "width": width, "depth": depth}
+        self.config = {"arch": "unet", "in_channels": in_channels, "classes": classes, "width": width, "depth": depth}
+        self.pad_to = 2**depth  # whole-image inference pads to a multiple of this
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList([_block(in_channels, chans[0])] +
                                   [_block(chans[i], chans[i + 1]) for i in range(depth)])
