@@ -53,26 +53,6 @@ def _check_image(args, store, ck):
     return image.numpy(), f"validation image {name}"
 
 
-def _named():
-    import torch
-
-    class Named(torch.nn.Module):
-        """The model with its input named "image" (the exporter names graph inputs after forward's arguments)."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, image):
-            return self.model(image)
-
-    return Named
-
-
-def _Named(model):  # noqa: N802 - a class made on first use (torch is imported lazily)
-    return _named()(model)
-
-
 def run(args) -> int:
     import contextlib
     import io
@@ -108,6 +88,16 @@ def run(args) -> int:
     h, w = x.shape[-2:]
     x = torch.nn.functional.pad(x, (0, (-w) % m, 0, (-h) % m)).contiguous()
 
+    class Named(torch.nn.Module):
+        """The model with its graph input named "image" (the exporter names inputs after forward's arguments)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            return self.model(image)
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -120,9 +110,9 @@ def run(args) -> int:
         try:
             with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_Named(model), (torch.cat([x, x]),), str(tmp),  # a batch of 2: 1 would be fixed opset_version=args.opset, input_names=["image"],
-                                  output_names=["logits"], dynamic_shapes={"image": dims}, dynamo=True,
-                                  external_data=False, verbose=False)
+                torch.onnx.export(Named(model), (torch.cat([x, x]),), str(tmp),  # a batch of 2: 1 would be fixed
+                                  opset_version=args.opset, input_names=["image"], output_names=["logits"],
+                                  dynamic_shapes={"image": dims}, dynamo=True, external_data=False, verbose=False)
         except Exception:
             sys.stderr.write(chatter.getvalue())
             raise

@@ -397,7 +397,10 @@ def test_export_round_trip(local_store, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "max |onnxruntime - PyTorch|" in printed and "(45x70, padded to 48x72)" in printed
     proto = onnx.load(str(out))
-    assert proto.opset_import[0].version >= 17
+    assert proto.opset_import[0].version == 18  # the default
+    assert export.main(["--store", local_store.url, "--model_name", "x", "--out", str(tmp_path / "o17.onnx"),
+                        "--opset", "17"]) == 0
+    assert onnx.load(str(tmp_path / "o17.onnx")).opset_import[0].version == 17
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["classes"]) == ["void", "person", "vehicle", "animal"] and meta["pad_to"] == "4"
     model, _ = ev.load_model(local_store, "models/x/checkpoint.pt", torch.device("cpu"))
