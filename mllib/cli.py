@@ -129,7 +129,7 @@ def run(main: Callable[[], int], prog: str | None = None) -> int:
         return int(main() or 0)
     except MllibError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_status", 2)
     except OSError as e:  # the machine's side: disk full, permission denied, a missing local file
         from mllib.atomic import is_full, no_space
 

@@ -130,9 +130,9 @@ VOC_TRAIN, VOC_VAL, VOC_ONLY_JPEG = ["2007_000001", "2007_000002", "2007_000003"
 SBD_TRAIN, SBD_VAL = ["2007_000002", "2008_000006", "2008_000007", "2007_000004"], ["2008_000008", "2007_000003"]
 
 
-def make_voc(site: Path) -> dict:
+def make_voc(site: Path, extra_jpegs: int = 0) -> dict:
     """VOCtrainval_11-May-2012.tar: palette PNG labels (indices 0..20, 255 borders), split lists, JPEGs without
-    labels, and detection files the sources never read."""
+    labels (`extra_jpegs` more of them: a longer extraction), and detection files the sources never read."""
     m: dict[str, bytes] = {}
     truth = {}
     pal = voc_palette()
@@ -143,7 +143,7 @@ def make_voc(site: Path) -> dict:
         m[f"{VOC}/SegmentationObject/{stem}.png"] = png_p((a > 0).astype(np.uint8), pal)
         m[f"{VOC}/Annotations/{stem}.xml"] = b"<annotation><source><image>flickr</image></source></annotation>"
         truth[stem] = a
-    for k, stem in enumerate(VOC_ONLY_JPEG):
+    for k, stem in enumerate(VOC_ONLY_JPEG + [f"2012_{i:06d}" for i in range(extra_jpegs)]):
         m[f"{VOC}/JPEGImages/{stem}.jpg"] = jpeg(*HW, seed=200 + k)
     m[f"{VOC}/ImageSets/Segmentation/train.txt"] = ("\n".join(VOC_TRAIN) + "\n").encode()
     m[f"{VOC}/ImageSets/Segmentation/val.txt"] = ("\n".join(VOC_VAL) + "\n").encode()

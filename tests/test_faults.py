@@ -417,6 +417,79 @@ def test_a_full_checkpoint_target_keeps_the_previous_checkpoint(small_fs, tmp_pa
     assert train.load_checkpoint(st, "c", "cpu")["step"] == 4
 
 
+@pytest.mark.long
+@pytest.mark.s3
+@pytest.mark.timeout(400)
+def test_seaweedfs_with_full_volumes_loses_nothing(tmp_path, monkeypatch, capsys):
+    """A SeaweedFS server with room for a few MB (1 MB volumes, 3 of them) is filled. It answers writes with 500
+    InternalError: after the outage budget (2 s here) one line names the object, the bytes to write and the fix. A
+    conversion stops with nothing under a final name; network2d keeps its last checkpoint loadable, writes the new
+    one to the run folder and exits 75. With volumes added (the server restarted with more), the re-runs complete:
+    the records equal a conversion into a local store, and --resume goes on from the rescued checkpoint."""
+    import os
+
+    import torch
+
+    from mllib import store as mstore
+    from mllib.store import StoreUnavailable
+    from mllib.testing.seaweed import SeaweedS3
+    from mllib.training import train
+
+    monkeypatch.setenv("MLLIB_STORE_OUTAGE_S", "2")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    local = mstore.connect(str(tmp_path / "local"))
+    make_set(local, tmp_path)  # the reference records
+    server = SeaweedS3(tmp_path / "weed", volume_size_mb=1, volumes=3).start()
+    try:
+        with server.environment():
+            server.create_bucket("bkt")
+            st = mstore.connect("s3://bkt")
+            put_coco(st, tmp_path, "train2017", 6, seed=1, hw=(40, 56))
+            put_coco(st, tmp_path, "val2017", 2, seed=2, hw=(40, 56))
+            net = load_script("networks/network2d.py")
+            common = ["--store", "s3://bkt", "--height", "32", "--width", "32", "--batch_size", "2", "--model_width",
+                      "4", "--model_depth", "2", "--num_workers", "0", "--no_progress", "--model_name", "c",
+                      "--metrics_file", str(tmp_path / "run" / "m.jsonl"), "--checkpoint_every", "1",
+                      "--checkpoint_minutes", "0", "--no_tensorboard"]
+            assert net.main([*common, "--max_steps", "1"]) == 0
+            before = st.get_bytes("models/c/checkpoint.pt")
+            filled = 0
+            with pytest.raises(StoreUnavailable, match=r"s3://bkt/fill/\d+: the S3 server at http://127.0.0.1:\d+ "
+                                                       r"refused PutObject for \d+ s \(500 InternalError.*out of "
+                                                       r"space \(200,000 bytes to write; .*add volumes"):
+                for filled in range(1000):
+                    st.put_bytes(f"fill/{filled}", os.urandom(200_000))
+            capsys.readouterr()
+            rec = load_script("datasets/cocorecord.py")
+            args = ["-trainingset_name", "r", "--store", "s3://bkt", "--no_progress", "--shard_images", "2"]
+            assert rec.main(args) == 75
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "out of space" in err[0] and "Traceback" not in err[0], err
+            assert not st.exists("trainingsets/r/description.json")
+            assert net.main([*common, "--max_steps", "4", "--resume"]) == train.EXIT_STOPPED
+            last = capsys.readouterr().err.strip().splitlines()[-1]
+            assert "stopped, the store is away (s3://bkt/models/c/checkpoint.pt: the S3 server" in last, last
+            assert "out of space" in last and str(tmp_path / "run" / "c.checkpoint.pt") in last, last
+            assert st.get_bytes("models/c/checkpoint.pt") == before  # the previous checkpoint, whole
+            assert train.load_checkpoint(st, "c", "cpu")["step"] == 1
+            assert torch.load(tmp_path / "run" / "c.checkpoint.pt", weights_only=True)["step"] == 2
+
+            server.kill()  # more room: the server again on the same ports and data, with more volumes
+            server.volumes = 40
+            server.start()
+            assert rec.main(args) == 0
+            a, b = (records.description(x, "r")["sets"] for x in (local, st))
+            assert {k: [s["sha256"] for s in v["shards"]] for k, v in a.items()} == \
+                {k: [s["sha256"] for s in v["shards"]] for k, v in b.items()}
+            assert net.main([*common, "--max_steps", "4", "--resume"]) == 0
+            assert train.load_checkpoint(st, "c", "cpu")["step"] == 4
+            assert not (tmp_path / "run" / "c.checkpoint.pt").exists()
+    finally:
+        server.stop()
+    print(f"SeaweedFS full after {filled} objects of 200 KB: 3 writes refused (a put, a conversion, a checkpoint), "
+          "each one line, 0 lost; all completed after volumes were added")
+
+
 # -- the store restarts mid-job ---------------------------------------------------------------------------------------
 @pytest.fixture
 def own_server(tmp_path):
@@ -482,6 +555,64 @@ def test_reading_records_rides_through_a_store_restart(own_server, tmp_path):
 
 @pytest.mark.long
 @pytest.mark.s3
+@pytest.mark.timeout(300)
+def test_downloads_ride_through_a_store_restart(own_server, tmp_path, caplog):
+    """getcoco.py and getdataset.py extract into SeaweedFS, which is SIGKILLed when the first extracted object has
+    landed and started again 5 s later: both complete, every object byte for byte as in the archive, and a second
+    run finds nothing to do."""
+    import logging
+    import os
+
+    from mllib import store as mstore
+    from mllib.testing.mirror import Mirror
+
+    from . import publicfake as pf
+    from .cocofake import make_coco_zips
+    from .test_getcoco import FILES, assert_stored, run_getcoco
+
+    st = mstore.connect("s3://bkt")
+    caplog.set_level(logging.WARNING)
+    members = {f"val2017/{i:012d}.jpg": os.urandom(20_000) for i in range(300)}
+    contents = make_coco_zips(tmp_path / "coco", extra={"val2017.zip": members})
+    with Mirror(tmp_path / "coco") as m:
+        outage = own_server.outage(5.0, when=lambda: any(True for _ in st.list("datasets/coco/val2017/")), poll_s=0.01)
+        assert run_getcoco("s3://bkt", tmp_path / "coco", m.url, tmp_path / "w1") == 0
+        outage.join(60)
+        assert [e[0] for e in outage.events] == ["killed", "started"]
+        assert_stored(st, contents)
+        n = len(m.requests)
+        assert run_getcoco("s3://bkt", tmp_path / "coco", m.url, tmp_path / "w1") == 0 and len(m.requests) == n
+    assert "the S3 endpoint is away" in caplog.text
+    caplog.clear()
+
+    site = tmp_path / "voc"
+    pf.make_voc(site, extra_jpegs=300)
+    pf.checksum_table(site)
+    with Mirror(site) as m:
+        outage = own_server.outage(5.0, when=lambda: any(True for _ in st.list("datasets/voc2012/")), poll_s=0.01)
+        assert getdataset_main(["voc2012", "--store", "s3://bkt", "--base_url", m.url, "--checksums",
+                                str(site / "checksums.tsv"), "--workdir", str(tmp_path / "w2"), "--no_progress",
+                                "--jobs", "4"]) == 0
+        outage.join(60)
+        assert [e[0] for e in outage.events] == ["killed", "started"]
+    assert "the S3 endpoint is away" in caplog.text
+    import tarfile
+
+    with tarfile.open(site / "VOCtrainval_11-May-2012.tar") as tf:
+        files = {i.name: tf.extractfile(i).read() for i in tf.getmembers() if i.isfile()}
+    assert len(files) > 300
+    for name, data in files.items():
+        assert st.get_bytes(f"datasets/voc2012/{name}") == data, name
+    print(f"2 store restarts injected during getcoco ({len(FILES)} zips) and getdataset voc2012 ({len(files)} tar "
+          "members): both survived, 0 lost")
+
+
+def getdataset_main(argv):
+    return load_script("datasets/getdataset.py").main(argv)
+
+
+@pytest.mark.long
+@pytest.mark.s3
 @pytest.mark.timeout(120)
 def test_an_outage_longer_than_the_budget_is_one_line(own_server, monkeypatch):
     import time
@@ -501,6 +632,67 @@ def test_an_outage_longer_than_the_budget_is_one_line(own_server, monkeypatch):
     assert 2 <= time.monotonic() - t0 < 30
     own_server.start()
     assert st.get_bytes("k") == b"v"  # back: the data survived the kill
+
+
+@pytest.mark.long
+@pytest.mark.s3
+@pytest.mark.timeout(400)
+def test_training_stops_with_a_checkpoint_when_the_store_stays_away_and_resumes_exactly(own_server, tmp_path):
+    """network2d reads from SeaweedFS, which is SIGKILLed mid-epoch and stays away past the outage budget (3 s): a
+    DataLoader worker's read raises StoreUnavailable, the run writes a checkpoint at the last step taken (the store
+    is away, so in the run folder), exits 75 with one line; with the store back, --resume ends as the uninterrupted
+    run, sample for sample and bit for bit."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from mllib import store as mstore
+    from mllib.training import train
+
+    from .test_resume import TRAINER, assert_same_weights, flags, put_data, steps_of, trainer
+
+    st = mstore.connect("s3://bkt")
+    put_data(st, tmp_path, n=40)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MLLIB_STORE_OUTAGE_S="3",
+               AWS_MAX_ATTEMPTS="1")
+    digests = tmp_path / "o.txt"
+    args = flags(st, tmp_path, "o", "--epochs", "2")
+    p = subprocess.Popen([sys.executable, str(TRAINER), "--digests", str(digests), "--", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (digests.exists() and len(digests.read_text().splitlines()) >= 4):  # training, mid-epoch 0
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-4000:]
+            time.sleep(0.05)
+        own_server.kill()
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == train.EXIT_STOPPED, err[-4000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "stopped, the store is away (s3://bkt/" in last and "MLLIB_STORE_OUTAGE_S=3" in last, last
+    rescue = tmp_path / "o.checkpoint.pt"
+    assert str(rescue) in last and "--resume once the store is back" in last, last
+    ck = torch.load(rescue, weights_only=True)
+    stopped = ck["step"]
+    assert not ck["epoch_complete"] and 4 <= stopped < 20
+    assert len(steps_of(digests)) == stopped and ck["position"]["samples"] == 2 * stopped
+    own_server.start()
+    total = stopped + 22  # into epoch 1 (20 steps an epoch)
+    r = trainer([*args, "--resume", "--max_steps", str(total)], ["--digests", str(digests)], env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert not rescue.exists()  # the store holds the newer checkpoint now
+    ref = trainer(flags(st, tmp_path, "ref", "--epochs", "2", "--max_steps", str(total)),
+                  ["--digests", str(tmp_path / "ref.txt")], env=env)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    assert steps_of(digests) == steps_of(tmp_path / "ref.txt")
+    assert_same_weights(train.load_checkpoint(st, "o", "cpu")["model"], train.load_checkpoint(st, "ref", "cpu")["model"])
+    print(f"1 store outage past the budget injected during network2d: stopped at step {stopped} with a checkpoint "
+          "(exit 75), resumed bit for bit, 0 lost")
 
 
 # -- load ---------------------------------------------------------------------------------------------------------------

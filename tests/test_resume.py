@@ -43,14 +43,14 @@ def flags(store, tmp_path, name, *more, workers=2):
             *more]
 
 
-def trainer(args, driver=(), timeout=300, torchrun=0):
+def trainer(args, driver=(), timeout=300, torchrun=0, env=None):
     head = [sys.executable]
     if torchrun:
         from mllib.testing.seaweed import free_port
 
         head += ["-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port", str(free_port())]
     return subprocess.run([*head, str(TRAINER), *driver, "--", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+                          timeout=timeout, env=env or ENV)
 
 
 def steps_of(path) -> list[list[str]]:

@@ -29,6 +29,7 @@ from mllib.store.base import (
     ObjectInfo,
     Store,
     StoreError,
+    StoreUnavailable,
     TransferReport,
     default_url,
     etag_of_bytes,
@@ -39,7 +40,7 @@ from mllib.store.local import LocalStore
 from mllib.store.s3 import S3Store
 
 __all__ = ["CHUNK", "DEFAULT_STORE", "PART_SIZE", "TMP_MARK", "Cancelled", "LocalStore", "NotFound", "ObjectInfo",
-           "S3Store", "Store", "StoreError", "TransferReport", "connect", "default_url", "etag_of_bytes",
+           "S3Store", "Store", "StoreError", "StoreUnavailable", "TransferReport", "connect", "default_url", "etag_of_bytes",
            "etag_of_file", "run_all"]
 
 

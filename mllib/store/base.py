@@ -33,6 +33,13 @@ class StoreError(MllibError):
     """A store operation failed in a way the user must fix (credentials, bucket, endpoint, missing key)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store did not answer for longer than the outage budget (MLLIB_STORE_OUTAGE_S): a temporary failure, the
+    same command succeeds once the store is back (scripts exit 75, EX_TEMPFAIL; training writes a checkpoint)."""
+
+    exit_status = 75
+
+
 class NotFound(StoreError, KeyError):
     def __str__(self) -> str:  # KeyError would add quotes
         return str(self.args[0]) if self.args else "not found"

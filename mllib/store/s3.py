@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from mllib.perprocess import PerProcess
-from mllib.store.base import PART_SIZE, NotFound, ObjectInfo, Store, StoreError, clean_key
+from mllib.store.base import PART_SIZE, NotFound, ObjectInfo, Store, StoreError, StoreUnavailable, clean_key
 from mllib.store.fastput import FastPut
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def _outage(e: Exception) -> bool:
     return False
 
 
+WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
 DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 9}  # the first try and 8 retries
 
 
@@ -209,16 +210,31 @@ class S3Store(Store):
                 first = first or now
                 budget = outage_budget()
                 if now - first >= budget:
-                    raise StoreError(
-                        f"{self.url_for(key) if key else self.url}: the S3 endpoint {self.endpoint_url or 'AWS'} "
-                        f"has not answered {what} for {now - first:.0f} s ({type(e).__name__}; outage budget "
-                        f"MLLIB_STORE_OUTAGE_S={budget:g}); re-run the same command when it is back (finished work "
-                        f"is kept)") from None
+                    raise self._gone(e, what, key, now - first, budget, kw.get("Body")) from None
                 wait = min(delay * random.uniform(0.5, 1.0), max(0.0, first + budget - now))
                 log.warning("%s %s: the S3 endpoint is away (%s); trying again in %.1f s (%.0f of %g s)", what,
                             key or "", type(e).__name__, wait, now - first, budget)
                 time.sleep(wait)
                 delay = min(delay * 2, 8.0)
+
+    def _gone(self, e: Exception, what: str, key: str | None, waited: float, budget: float, body) -> StoreError:
+        """The line for a call that failed for the whole outage budget. A write the server answered with a 5xx
+        every time is most often a full server (SeaweedFS says 500 InternalError when its volumes are full; MinIO
+        507): the line says so, with the bytes to write."""
+        where, endpoint = self.url_for(key) if key else self.url, self.endpoint_url or "AWS"
+        if isinstance(e, _bx().ClientError) and what in WRITES:
+            code = e.response.get("Error", {}).get("Code") or ""
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            need = f"{len(body):,} bytes to write; " if isinstance(body, bytes | bytearray) else ""
+            return StoreUnavailable(
+                f"{where}: the S3 server at {endpoint} refused {what} for {waited:.0f} s ({status} {code}; outage "
+                f"budget MLLIB_STORE_OUTAGE_S={budget:g}): it may be out of space ({need}on SeaweedFS: no writable "
+                "volumes); free space or add volumes on the server, then re-run the same command (nothing was "
+                "written under a final name, finished work is kept)")
+        return StoreUnavailable(
+            f"{where}: the S3 endpoint {endpoint} has not answered {what} for {waited:.0f} s ({type(e).__name__}; "
+            f"outage budget MLLIB_STORE_OUTAGE_S={budget:g}); re-run the same command when it is back (finished "
+            "work is kept)")
 
     def check(self) -> None:
         """Probe the bucket once: clear errors for credentials, a missing bucket, an unreachable endpoint."""

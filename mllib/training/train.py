@@ -16,7 +16,9 @@ models/<name>/checkpoint.pt at each epoch's end, every `checkpoint_every` steps 
 and loaded with weights_only=True; `resume` continues at exactly the next batch the interrupted run would have
 trained on (mllib.training.position). On SIGTERM or SIGINT the current step is finished, a checkpoint written, and
 fit() raises Stopped (network2d.py exits with EXIT_STOPPED, 75) within `stop_grace_s`; under torchrun every rank
-stops at the same step.
+stops at the same step. When the store stays away longer than its outage budget (a DataLoader worker's read raises
+StoreUnavailable) a single-process run stops the same way: a checkpoint at the last step taken (in the store, or
+while the store is still away in the run folder, `rescue_path`, which --resume takes when it is newer), status 75.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from mllib import MllibError, layout
 from mllib.checks import NAME, SEED, SIZE, Range, setting
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
-from mllib.store import NotFound, Store
+from mllib.atomic import atomic_write
+from mllib.store import NotFound, Store, StoreUnavailable
 from mllib.training import evaluate as ev
 from mllib.training import models, recipe
 from mllib.training.data import base_dataset, datasets, loaders, tracker
@@ -200,11 +203,28 @@ EXIT_GRACE_EXPIRED = 143  # ... and when the stop took longer than --stop_grace_
 
 
 class Stopped(Exception):
-    """Training stopped on a signal after writing a checkpoint; `--resume` continues exactly."""
+    """Training stopped on a signal (or the store away past its outage budget) after writing a checkpoint;
+    `--resume` continues exactly."""
 
-    def __init__(self, signame: str, step: int, url: str, rank: int = 0):
-        super().__init__(f"stopped by {signame} at step {step}; checkpoint {url}; continue with --resume")
+    def __init__(self, signame: str, step: int, url: str, rank: int = 0, why: str | None = None):
+        super().__init__(f"{why or 'stopped by ' + signame} at step {step}; checkpoint {url}; continue with --resume"
+                         + (" once the store is back" if why else ""))
         self.signame, self.step, self.url, self.rank = signame, step, url, rank
+
+
+def outage_line(e: BaseException) -> str:
+    """The store's own line from a StoreUnavailable, also when a DataLoader worker raised it (the loader raises it
+    again in this process with the worker's traceback as its message, the line last)."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    line = (lines[-1] if lines else type(e).__name__).split("StoreUnavailable: ", 1)[-1]
+    return line.split("; re-run the same command", 1)[0]
+
+
+def rescue_path(cfg) -> Path:
+    """Where a checkpoint goes when the store does not take it (it is away past its outage budget): the run
+    folder, beside metrics.jsonl. --resume takes it when its step is past the store's checkpoint."""
+    folder = Path(cfg.metrics_file).parent if cfg.metrics_file else Path(layout.run_metrics(cfg.model_name)).parent
+    return folder / f"{cfg.model_name}.checkpoint.pt"
 
 
 @contextlib.contextmanager
@@ -363,8 +383,31 @@ def check_resumable(cfg: TrainConfig, ck: dict) -> None:
                              f"{getattr(cfg, name)!r}; use the same value, or another --model_name for a new run")
 
 
+def _latest_checkpoint(run: _Run) -> dict:
+    """The store's checkpoint, or the run folder's rescue checkpoint (written while the store was away) when it is
+    further on."""
+    rescue = rescue_path(run.cfg)
+    if not rescue.exists():
+        return load_checkpoint(run.store, run.cfg.model_name, run.device)
+    try:
+        mine = torch.load(rescue, map_location=run.device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - as load_checkpoint: anything but tensors and plain types is refused
+        raise MllibError(f"--resume: the checkpoint {rescue} (written while the store was away) cannot be loaded "
+                         f"as weights only: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}; "
+                         "remove it to resume from the store's checkpoint") from None
+    try:
+        ck = load_checkpoint(run.store, run.cfg.model_name, run.device)
+    except MllibError:
+        ck = None  # none in the store yet
+    if ck is None or mine["step"] > ck["step"]:
+        if run.rank == 0:
+            log.info("resuming from %s (written while the store was away)", rescue)
+        return mine
+    return ck
+
+
 def _resume(run: _Run) -> tuple[int, int, list, dict | None]:
-    ck = load_checkpoint(run.store, run.cfg.model_name, run.device)
+    ck = _latest_checkpoint(run)
     check_resumable(run.cfg, ck)
     epoch, step, history = restore(run.model, run.optimizer, run.scaler, ck)
     if ck.get("schedule_steps"):
@@ -391,12 +434,45 @@ def _state(run: _Run, epoch: int, complete: bool, step: int, history: list, posi
             "class_weights": run.class_weights}
 
 
+def _checkpoint(run: _Run, state: dict) -> None:
+    """Write a checkpoint to the store; a rescue checkpoint of an earlier outage is then behind it: removed. When
+    the store does not take it (away, or full, past its outage budget) a single-process run writes it to
+    rescue_path and stops (Stopped, status 75); under torchrun the error is raised as it is."""
+    try:
+        save_checkpoint(run.store, run.cfg.model_name, state)
+    except StoreUnavailable as e:
+        if run.world > 1:
+            raise
+        path = rescue_path(run.cfg)
+        with atomic_write(path) as f:
+            torch.save(state, f)
+        raise Stopped("the store being away", state["step"], f"{path} (the store did not take it; --resume takes "
+                      "it from there)", run.rank, why=f"stopped, the store is away ({outage_line(e)})") from None
+    rescue_path(run.cfg).unlink(missing_ok=True)
+
+
 def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metrics_path: Path, position=None) -> None:
     with open(metrics_path, "a") as f:
         f.write(json.dumps(history[-1]) + "\n")
-    save_checkpoint(run.store, run.cfg.model_name, _state(run, epoch, complete, step, history, position))
+    _checkpoint(run, _state(run, epoch, complete, step, history, position))
     run.store.put_bytes(layout.model_metrics(run.cfg.model_name),
                         "".join(json.dumps(m) + "\n" for m in history).encode())
+
+
+def _outage_stop(run: _Run, e: StoreUnavailable, state: dict) -> Stopped:
+    """The store stayed away past its budget while reading data: write `state` (to the store if it takes it, else
+    to rescue_path) and return the Stopped to raise. Under torchrun the other ranks cannot be told in the middle of
+    a step: there the error is raised as it is and torchrun ends the run (the last periodic checkpoint stays)."""
+    if run.world > 1:
+        raise e
+    line = outage_line(e)
+    log.error("the store is away: %s", line)
+    try:
+        _checkpoint(run, state)
+    except Stopped as stopped:
+        return stopped
+    return Stopped("the store being away", state["step"], run.store.url_for(checkpoint_key(run.cfg.model_name)),
+                   run.rank, why=f"stopped, the store is away ({line})")
 
 
 class _Control:
@@ -498,7 +574,16 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float, ctl: _Con
                 "wait": stats["wait"] + feed.wait}
 
     logged = (0, 0.0, 0, 0.0, 0.0)  # (steps, loss sum, seen, seconds, wait) at the last log line
-    for batch in feed:
+    batches = iter(feed)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except StoreUnavailable as e:  # a worker's read failed past the outage budget: stop as on SIGTERM
+            bar.close()
+            position = pos.state(epoch, 0 if cfg.unordered else steps)
+            raise _outage_stop(run, e, _state(run, epoch, False, step, history, position, so_far())) from None
         lr = run.set_lr(step)
         loss_sum += train_step(run.net, batch, run.optimizer, criterion, run.device, run.amp_dtype, run.scaler)
         step += 1
@@ -521,8 +606,7 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float, ctl: _Con
         if checkpoint:  # the position counts the steps taken, never what the loader holds ahead
             position = pos.state(epoch, 0 if cfg.unordered else steps)  # unordered: the epoch is run again
             if run.rank == 0:
-                save_checkpoint(run.store, cfg.model_name,
-                                _state(run, epoch, False, step, history, position, so_far()))
+                _checkpoint(run, _state(run, epoch, False, step, history, position, so_far()))
             ctl.saved()
             if stop:
                 bar.close()
@@ -673,7 +757,12 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, train_ds, epoch: int, st
         step, seen, elapsed, wait, loss, complete, taken = _epoch(run, train_loader, epoch, step, max_steps, ctl,
                                                                   pos, stats if resumed else None, history)
         position = stats = None
-        val, picture = validate(run, picture=run.record is not None)
+        try:
+            val, picture = validate(run, picture=run.record is not None)
+        except StoreUnavailable as e:  # the epoch is trained: kept (its validation skipped), then stopped
+            val, picture, outage = None, None, e
+        else:
+            outage = None
         elapsed = max(elapsed, 1e-9)
         last = {"epoch": epoch, "step": step, "train_loss": loss, "images_per_s": round(seen / elapsed, 2),
                 "data_wait_fraction": round(wait / elapsed, 4), "seconds": round(elapsed, 2),
@@ -682,6 +771,9 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, train_ds, epoch: int, st
                 "device": str(run.device), "world_size": run.world, "lr": run.optimizer.param_groups[0]["lr"],
                 "bad_samples": base_dataset(train_ds).bad_count(), "val": val}
         history.append(last)
+        if outage is not None:
+            raise _outage_stop(run, outage, _state(run, epoch, complete, step, history, None if complete else
+                                                   pos.state(epoch, 0 if cfg.unordered else taken)))
         if run.rank == 0:  # cut short by --max_steps: the position says where the epoch goes on
             _save(run, epoch, complete, step, history, metrics_path, None if complete else pos.state(
                 epoch, 0 if cfg.unordered else taken))
