@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                 stop = threading.Event()
                 done = []
 
-                def convert(r=r):
+                def convert(r=r, stop=stop, done=done):
                     k = 0
                     while not stop.is_set():  # whole conversions, one after another, while the loader reads
                         t0 = time.perf_counter()

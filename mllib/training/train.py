@@ -42,10 +42,10 @@ import torch
 from torch import nn
 
 from mllib import MllibError, layout
+from mllib.atomic import atomic_write
 from mllib.checks import NAME, SEED, SIZE, Range, setting
 from mllib.labels import classes
 from mllib.loaders.gpu import BatchPrep, DevicePrefetcher
-from mllib.atomic import atomic_write
 from mllib.store import NotFound, Store, StoreUnavailable
 from mllib.training import evaluate as ev
 from mllib.training import models, recipe
