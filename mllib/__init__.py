@@ -5,8 +5,16 @@ training/ (6); building blocks below them (layout, images, augment, atomic, chec
 for tests and benchmarks); cli (the scripts' flags). README.md's "Development" section is the module map.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 class MllibError(Exception):
     """An error a user can act on: scripts print its message on one line and exit non-zero."""
+
+    exit_status = 1  # the input or the job failed (mllib.cli.EXIT_FAILED)
+
+
+class UsageError(MllibError):
+    """A bad flag or value, or flags that do not go together: exit status 2, as argparse's own usage errors."""
+
+    exit_status = 2

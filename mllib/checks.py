@@ -12,7 +12,7 @@ import math
 import numbers
 import re
 
-from mllib import MllibError
+from mllib import UsageError
 
 
 class Check:
@@ -28,7 +28,7 @@ class Check:
     def require(self, name: str, v):
         why = self.problem(v)
         if why:
-            raise MllibError(f"{name} {why}")
+            raise UsageError(f"{name} {why}")
         return v
 
     def __call__(self, text: str):
@@ -105,7 +105,7 @@ def dtype(name: str, value, kinds: str, wanted: str, also=()):
     except TypeError:
         d = None
     if d is None or (d.kind not in kinds and d not in also):
-        raise MllibError(f"{name} must be {wanted} (got {value!r})")
+        raise UsageError(f"{name} must be {wanted} (got {value!r})")
     return d
 
 

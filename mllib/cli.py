@@ -31,12 +31,46 @@ def log_level(text: str) -> str:
     return str(text).upper()
 
 
-class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Help shows defaults and keeps the module docstring's example layout."""
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that keeps the module docstring's example layout and shows one default per flag: none for a switch, for
+    a flag whose default is unset (None) or for a help text that already says its default; the seed's single-dash
+    spellings (-store, -trainingset_name) are accepted but not listed beside their --flag."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.nargs == 0 or action.default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings or isinstance(action, argparse._VersionAction)):
+            return text
+        return text + " (default: %(default)s)"
+
+    def _format_action_invocation(self, action):
+        names = action.option_strings
+        shown = [n for n in names if n.startswith("--") or len(n) == 2]
+        if not names or len(shown) == len(names) or not shown:
+            return super()._format_action_invocation(action)
+        return super()._format_action_invocation(_Shown(action, shown))
+
+
+class _Shown:
+    """An action seen by the help formatter with fewer option strings."""
+
+    def __init__(self, action, names):
+        self._action, self.option_strings = action, names
+
+    def __getattr__(self, name):
+        return getattr(self._action, name)
+
+
+def version() -> str:
+    from mllib import __version__
+
+    return __version__
 
 
 def parser(description: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description, formatter_class=Formatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=Formatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s (mllib) {version()}")
+    return p
 
 
 def add_store_args(p: argparse.ArgumentParser) -> None:
@@ -122,14 +156,36 @@ def main(parse_args: Callable, body: Callable[[argparse.Namespace], int], argv=N
     return run(lambda: body(args), prog)
 
 
+# Exit statuses of every command (README "Exit status"): what a scheduler or a shell script can act on.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the input or the job failed (bad data, checksum, access denied, a missing object)
+EXIT_USAGE = 2  # a bad flag or value (argparse's status, and mllib.UsageError)
+EXIT_TEMPORARY = 75  # the network or the store unavailable after retries, preempted training: re-run later
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+# module -> (what it is, the extra that installs it)
+EXTRAS = {"torch": ("PyTorch", "torch"), "tensorboard": ("TensorBoard", "torch"),
+          "matplotlib": ("matplotlib", "torch"), "tensorflow": ("TensorFlow", "tf"), "keras": ("Keras", "tf"),
+          "ray": ("Ray", "ray"), "onnx": ("ONNX", "export"), "onnxruntime": ("onnxruntime", "export"),
+          "onnxscript": ("onnxscript", "export")}
+
+
 def run(main: Callable[[], int], prog: str | None = None) -> int:
-    """Run a script body: a user's mistake is one line on stderr and exit status 2, no traceback."""
+    """Run a command's body: an error is one line on stderr and the exit status of its class (EXIT_*), no
+    traceback."""
     name = prog or os.path.basename(sys.argv[0] or "mllib")
     try:
         return int(main() or 0)
     except MllibError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_status", 2)
+        return getattr(e, "exit_status", EXIT_FAILED)
+    except ModuleNotFoundError as e:  # an extra that is not installed: which one to install
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"{name}: error: this needs {extra[0]}, which is not installed: pip install 'mllib[{extra[1]}]' (or "
+              f"pip install -r requirements-{extra[1]}.txt in a checkout)", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as e:  # the machine's side: disk full, permission denied, a missing local file
         from mllib.atomic import is_full, no_space
 
@@ -141,7 +197,7 @@ def run(main: Callable[[], int], prog: str | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"{name}: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:  # a bug or an input nobody foresaw: one line, the traceback in a file
         path = _write_traceback(name)
         first = (str(e).strip().splitlines() or [""])[0][:300]

@@ -207,7 +207,7 @@ def test_evaluate_under_torchrun_equals_one_process(local_store, tmp_path):
 
 def test_evaluate_errors_are_one_line(local_store, tmp_path, capsys):
     evaluate = load_script("networks/evaluate.py")
-    assert evaluate.main(["--store", local_store.url, "--model_name", "none", "--out", str(tmp_path)]) == 2
+    assert evaluate.main(["--store", local_store.url, "--model_name", "none", "--out", str(tmp_path)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
     assert evaluate.main(["--store", local_store.url, "--model_name", "a", "--checkpoint", "k"]) == 2
 
@@ -412,7 +412,7 @@ def test_export_round_trip(local_store, tmp_path, capsys):
         got = session.run(None, {"image": x.numpy()})[0]
         assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
     assert export.main(["--store", local_store.url, "--model_name", "x", "--out", str(tmp_path / "y.onnx"),
-                        "--image", str(tmp_path / "missing.jpg")]) == 2
+                        "--image", str(tmp_path / "missing.jpg")]) == 1
     assert not (tmp_path / "y.onnx").exists()
 
 

@@ -77,7 +77,7 @@ def test_network2d_settings_out_of_range_are_one_line(flags, says, tmp_path, cap
     rc = load_script("networks/network2d.py").main([*flags, "--store", str(store)])
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err.startswith("network2d.py: error: ") and says in err and len(err.splitlines()) == 1
+    assert err.startswith("mllib-train: error: ") and says in err and len(err.splitlines()) == 1
     assert not store.exists()  # refused before the store was opened
 
 
@@ -176,12 +176,12 @@ def test_getcoco_workdir_that_is_a_file(tmp_path, capsys):
     rc = load_script("datasets/getcoco.py").main(["--store", str(tmp_path / "store"), "--workdir",
                                                   str(tmp_path / "downloads"), "--files", "val2017.zip"])
     err = capsys.readouterr().err
-    assert rc == 2 and "is a file, not a folder" in err and "internal error" not in err
+    assert rc == 1 and "is a file, not a folder" in err and "internal error" not in err
     assert (tmp_path / "downloads").read_text().startswith("a file")
 
 
 def test_cocostore_out_that_is_a_file(tmp_path, capsys):
     (tmp_path / "samples").write_text("a file")
     rc = load_script("datasets/cocostore.py").main(["--store", str(tmp_path / "store"), "--out", str(tmp_path / "samples")])
-    assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert rc == 1 and "is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()

@@ -125,7 +125,7 @@ def test_corrupt_file_fails_and_stores_nothing(any_store, site, tmp_path, capsys
     site_dir, _ = site
     with Mirror(site_dir, faults=Faults(corrupt={"val2017.zip": 5})) as m:
         code = run_getcoco(store_url(any_store), site_dir, m.url, tmp_path / "w", ["val2017.zip"])
-    assert code == 2
+    assert code == 1
     err = capsys.readouterr().err
     assert "failed verification twice" in err and "sha256" in err
     assert list(any_store.list("datasets/")) == []
@@ -138,7 +138,7 @@ def test_unsafe_member_is_refused(local_store, tmp_path):
     make_coco_zips(site_dir, extra=extra)
     with Mirror(site_dir) as m:
         code = run_getcoco(local_store.url, site_dir, m.url, tmp_path / "w", ["image_info_test2017.zip"])
-    assert code == 2
+    assert code == 1
     assert list(local_store.list()) == []
     assert not (tmp_path / "evil.txt").exists() and not (local_store.root.parent / "evil.txt").exists()
 

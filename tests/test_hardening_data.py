@@ -60,7 +60,7 @@ def test_bad_annotation_is_one_line_or_a_counted_skip(tmp_path, capsys, case):
     mutate, why = ANN_CASES[case]
     s, d = _ann_store(tmp_path, mutate)
     aid, iid = d["annotations"][0]["id"], d["annotations"][0]["image_id"]
-    assert _cocorecord(s) == 2
+    assert _cocorecord(s) == 1
     err = capsys.readouterr().err
     assert why in err and f"annotation {aid}" in err and f"image {iid}" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -78,7 +78,7 @@ def test_bad_annotation_is_one_line_or_a_counted_skip(tmp_path, capsys, case):
 ])
 def test_bad_image_entry_or_duplicate_id_is_one_line(tmp_path, capsys, mutate, why):
     s, d = _ann_store(tmp_path, mutate)
-    assert _cocorecord(s) == 2
+    assert _cocorecord(s) == 1
     err = capsys.readouterr().err
     assert why in err and "instances_val2017.json" in err and len(err.strip().splitlines()) == 1
     if why == "appears 2 times":
@@ -160,9 +160,9 @@ def test_dead_worker_is_an_error_naming_the_shard_not_a_hang(tmp_path):
     finally:
         p.kill()
     assert killed is not None, "no worker was caught writing a shard"
-    assert p.returncode == 2, err[-2000:]
+    assert p.returncode == 1, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("cocorecord.py: error:") and "Traceback" not in err
+    assert last.startswith("mllib-cocorecord: error:") and "Traceback" not in err
     assert "worker process died" in last and "val-000" in last and "re-run" in last
 
 

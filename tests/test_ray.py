@@ -86,7 +86,7 @@ def test_engine_ray_without_ray_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == [
-        "cocorecord.py: error: --engine ray needs Ray, which is not installed: pip install 'mllib[ray]' (or pip "
+        "mllib-cocorecord: error: --engine ray needs Ray, which is not installed: pip install 'mllib[ray]' (or pip "
         "install -r requirements-ray.txt)"]
     assert not (tmp_path / "store").exists()  # refused before the store was opened
 

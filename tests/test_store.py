@@ -261,7 +261,7 @@ def test_script_error_is_one_line_and_nonzero(tmp_path):
                AWS_SECRET_ACCESS_KEY=secret, AWS_MAX_ATTEMPTS="1", AWS_DEFAULT_REGION="us-east-1")
     p = subprocess.run([sys.executable, "-m", "mllib.storecli", "--store", "s3://bucket", "ls"],
                        capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 2
+    assert p.returncode == 75
     assert "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert "cannot reach" in p.stderr and "s3://bucket" in p.stderr

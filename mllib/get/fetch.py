@@ -34,7 +34,13 @@ NET_CHUNK = 64 * 1024  # a dropped connection loses at most this much
 
 
 class DownloadError(MllibError):
-    pass
+    """A download that failed: a refused archive, a checksum, an HTTP error (exit status 1)."""
+
+
+class DownloadUnavailable(DownloadError):
+    """The site did not answer (resets, timeouts, 5xx, 429) through all retries: temporary, exit status 75."""
+
+    exit_status = 75
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,7 @@ class _Transfer:
         2^(failures - 1)), so many clients do not retry in step), or at least the server's Retry-After."""
         self.failures += 1
         if self.failures > self.retries:
-            raise DownloadError(
+            raise DownloadUnavailable(
                 f"{self.spec.name}: giving up after {self.retries} retries ({why}) from {safe_url(self.spec.url)}; "
                 "re-run the same command to resume where it stopped"
             )

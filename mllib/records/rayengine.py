@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from mllib import MllibError
+from mllib import MllibError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def check_address(address: str, timeout_s: float = 10.0) -> None:
     rest = address.split("://", 1)[-1]
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit():
-        raise MllibError(f"--ray_address must be HOST:PORT of a Ray cluster's head (got {address!r})")
+        raise UsageError(f"--ray_address must be HOST:PORT of a Ray cluster's head (got {address!r})")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:

@@ -161,8 +161,8 @@ class S3Store(Store):
         if isinstance(e, bx.NoCredentialsError):
             return StoreError(f"{where}: no S3 credentials found. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                               "or AWS_PROFILE / ~/.aws/credentials")
-        if isinstance(e, bx.EndpointConnectionError | bx.ConnectTimeoutError):
-            return StoreError(f"{where}: cannot reach the S3 endpoint {endpoint}. Check that the server runs and "
+        if isinstance(e, bx.EndpointConnectionError | bx.ConnectTimeoutError):  # after botocore's retries
+            return StoreUnavailable(f"{where}: cannot reach the S3 endpoint {endpoint}. Check that the server runs and "
                               "that AWS_ENDPOINT_URL (or --endpoint_url) points at it")
         if isinstance(e, bx.SSLError):
             return StoreError(f"{where}: TLS certificate of {endpoint} not trusted. Pass --ca_bundle FILE (or set "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from mllib import MllibError
+from mllib import MllibError, UsageError
 from mllib.augment import chw_uint8
 from mllib.training.metrics import ConfusionMatrix
 
@@ -161,7 +161,7 @@ def logits(model, x: torch.Tensor, mode: str = "whole", crop=None, stride=None) 
     if mode in ("whole", "center"):
         return _padded(model, x).float()
     if mode != "slide":
-        raise MllibError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
+        raise UsageError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     h, w = x.shape[-2:]
     total = count = None
     for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
@@ -182,7 +182,7 @@ def evaluate(model, loader, prep, device, n_classes: int, ignore: int = 255, *, 
     ranks (integers: 2 ranks give exactly 1 rank's numbers). `each(position, name, image uint8 CxHxW, label,
     prediction)` is called per image with host tensors (predictions saved, pictures made)."""
     if mode == "slide" and (crop is None or stride is None):
-        raise MllibError("--mode slide needs --crop H W and --stride S")
+        raise UsageError("--mode slide needs --crop H W and --stride S")
     was_training = model.training
     model.eval()
     counts = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from mllib import MllibError
+from mllib import MllibError, UsageError
 from mllib.training.unet import UNet
 
 ARCHS = ("unet", "deeplabv3plus")
@@ -113,9 +113,9 @@ class DeepLabV3Plus(nn.Module):
     def __init__(self, in_channels: int = 3, classes: int = 4, backbone: str = "resnet50", output_stride: int = 16):
         super().__init__()
         if backbone not in BACKBONES:
-            raise MllibError(f"--backbone must be one of {', '.join(BACKBONES)} (got {backbone!r})")
+            raise UsageError(f"--backbone must be one of {', '.join(BACKBONES)} (got {backbone!r})")
         if output_stride not in (8, 16):
-            raise MllibError(f"--output_stride must be 8 or 16 (got {output_stride})")
+            raise UsageError(f"--output_stride must be 8 or 16 (got {output_stride})")
         self.config = {"arch": "deeplabv3plus", "in_channels": in_channels, "classes": classes,
                        "backbone": backbone, "output_stride": output_stride}
         self.pad_to = 32
@@ -150,7 +150,7 @@ def load_encoder_weights(model: nn.Module, path: str) -> None:
     tensor must be in the file with its shape, and the file may hold nothing else but the classifier fc.*; anything
     else is one MllibError saying what differs."""
     if not isinstance(model, DeepLabV3Plus):
-        raise MllibError("--encoder_weights needs --arch deeplabv3plus (the UNet has no pretrained encoder)")
+        raise UsageError("--encoder_weights needs --arch deeplabv3plus (the UNet has no pretrained encoder)")
     try:
         with open(path, "rb") as f:
             state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)

@@ -25,7 +25,7 @@ import json
 import numpy as np
 import torch
 
-from mllib import MllibError
+from mllib import MllibError, UsageError
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -94,7 +94,7 @@ class SamplesTracker:
 
     def check(self, saved: dict) -> None:
         if saved.get("kind") != self.kind or saved.get("data") != self.dataset_id:
-            raise MllibError("--resume: the checkpoint's data position is for other training data (a different "
+            raise UsageError("--resume: the checkpoint's data position is for other training data (a different "
                              "image set or class dictionary); train under another --model_name")
 
     def state(self, epoch: int, steps: int) -> dict:
@@ -116,7 +116,7 @@ class RecordsTracker:
         self.plan = self.ds.fresh_plan(epoch, self.topology)
         if saved is not None and saved["epoch"] == epoch:
             if saved.get("kind") != self.kind or saved.get("data") != self.ds.data_id():
-                raise MllibError("--resume: the checkpoint's data position is for another TFRecord set (or the set "
+                raise UsageError("--resume: the checkpoint's data position is for another TFRecord set (or the set "
                                  "was rebuilt since); train under another --model_name")
             self.plan = self.ds.resume_plan(plan_from_state(saved["plan"]), int(saved["steps"]), self.topology)
         self.ds.set_plan(self.plan)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mllib import MllibError, layout, tflib
+from mllib import MllibError, UsageError, layout, tflib
 from mllib.labels import classes
 from mllib.records import read as records
 from mllib.store import NotFound, Store
@@ -156,7 +156,7 @@ def test(store: Store, name: str, model_name: str, *, set_name: str = "val", bat
         raise MllibError(f"model {store.url_for(model_prefix(model_name))} not found: train it with segment/train.py "
                          f"-savedmodelname {model_name}") from None
     if mode not in ("whole", "center"):
-        raise MllibError(f"--mode must be whole or center (got {mode!r})")
+        raise UsageError(f"--mode must be whole or center (got {mode!r})")
     desc = records.description(store, name)
     d = classes.load(desc["classes"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mllib import MllibError, layout
+from mllib import MllibError, UsageError, layout
 from mllib.atomic import atomic_write
 from mllib.checks import NAME, SEED, SIZE, Range, setting
 from mllib.labels import classes
@@ -147,17 +147,17 @@ class TrainConfig:
             allowed.require(f"--{name}", getattr(self, name))
         NAME.require("--model_name", self.model_name)  # a folder in the store and under runs/
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)):
-            raise MllibError(f"--device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+            raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
         if self.records is not None:
             NAME.require("--records", self.records)
         if self.records is not None and self.source is not None:
-            raise MllibError("--source and --records are two ways to give the data: use one")
+            raise UsageError("--source and --records are two ways to give the data: use one")
         if self.unordered and self.checkpoint_every:
-            raise MllibError("--unordered takes batches in the order workers finish them, so a step count does not "
+            raise UsageError("--unordered takes batches in the order workers finish them, so a step count does not "
                              "say which were consumed: use --checkpoint_every 0 with it (checkpoints at epoch ends)")
         jitter(self.color_jitter)  # checks it
         if self.arch == "unet" and min(self.height, self.width) < 2**self.model_depth:
-            raise MllibError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
+            raise UsageError(f"--height and --width must be at least 2 ** --model_depth = {2**self.model_depth} (the "
                              f"UNet halves them {self.model_depth} times); got {self.height}x{self.width}")
 
 
@@ -182,7 +182,7 @@ def jitter(text: str) -> tuple[float, float, float, float] | None:
     except ValueError:
         v = ()
     if len(v) != 4 or not all(math.isfinite(x) and x >= 0 for x in v) or v[3] > 0.5 or max(v[:3]) >= 1:
-        raise MllibError(f"--color_jitter must be four strengths brightness,contrast,saturation,hue (each 0 <= x < 1, "
+        raise UsageError(f"--color_jitter must be four strengths brightness,contrast,saturation,hue (each 0 <= x < 1, "
                          f"hue <= 0.5), e.g. 0.4,0.4,0.4,0.1; got {text!r}")
     return v if any(v) else None
 
@@ -250,7 +250,7 @@ def pick_device(name: str | None, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MllibError("--device cuda asked for, but no CUDA device is available (use --device cpu)")
+            raise UsageError("--device cuda asked for, but no CUDA device is available (use --device cpu)")
         if name == "cuda":
             name = f"cuda:{local_rank}"
         torch.cuda.set_device(torch.device(name))
@@ -276,7 +276,7 @@ def load_checkpoint(store: Store, model_name: str | None, device, key: str | Non
     except NotFound:
         if model_name is None:
             raise
-        raise MllibError(f"--resume: no checkpoint at {store.url_for(key)}; train without --resume first") from None
+        raise UsageError(f"--resume: no checkpoint at {store.url_for(key)}; train without --resume first") from None
     try:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; all mean "not a safe checkpoint"
@@ -379,7 +379,7 @@ def check_resumable(cfg: TrainConfig, ck: dict) -> None:
     saved = ck.get("config") or {}
     for name in RESUME_FIXED:
         if name in saved and saved[name] != getattr(cfg, name):
-            raise MllibError(f"--resume: the checkpoint was made with --{name} {saved[name]!r}, this run has "
+            raise UsageError(f"--resume: the checkpoint was made with --{name} {saved[name]!r}, this run has "
                              f"{getattr(cfg, name)!r}; use the same value, or another --model_name for a new run")
 
 
@@ -414,7 +414,7 @@ def _resume(run: _Run) -> tuple[int, int, list, dict | None]:
         run.schedule_steps = int(ck["schedule_steps"])  # the schedule the run began with, whatever --epochs is now
     if run.cfg.class_weights != "none":  # the weights the run began with
         if not ck.get("class_weights"):
-            raise MllibError(f"--resume: the checkpoint has no class weights; it was made with --class_weights "
+            raise UsageError(f"--resume: the checkpoint has no class weights; it was made with --class_weights "
                              f"{(ck.get('config') or {}).get('class_weights', 'none')!r}")
         run.class_weights = ck["class_weights"]
     position = ck.get("position") if not ck.get("epoch_complete", True) else None
