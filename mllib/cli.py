@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from mllib import MllibError
+from mllib import MllibError, UsageError
 from mllib.checks import Range
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,12 @@ def setup_logging(level: str = "INFO") -> None:
 
 def main(parse_args: Callable, body: Callable[[argparse.Namespace], int], argv=None, prog: str | None = None) -> int:
     """A script's main(): parse the flags, set up logging, run body(args) with run()'s error handling."""
-    args = parse_args(argv)
-    setup_logging(args.log_level)
-    return run(lambda: body(args), prog)
+    def parsed_and_run():
+        args = parse_args(argv)  # inside run(): flags that need a missing extra say which to install
+        setup_logging(args.log_level)
+        return body(args)
+
+    return run(parsed_and_run, prog)
 
 
 # Exit statuses of every command (README "Exit status"): what a scheduler or a shell script can act on.

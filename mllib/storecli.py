@@ -44,7 +44,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return cli.main(parse_args, run, argv, "mllib.storecli")
+    return cli.main(parse_args, run, argv, "mllib-store")
 
 
 if __name__ == "__main__":

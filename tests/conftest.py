@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 
@@ -21,6 +22,11 @@ os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.d
 from mllib import store as mstore  # noqa: E402 - after the clean-up above (mllib reads MLLIB_* at import)
 from mllib.testing.seaweed import SeaweedS3  # noqa: E402
 
+# The core install (requirements-core.txt: neither PyTorch nor TensorFlow) runs the tests that need neither; these
+# modules need PyTorch (the PyTorch datasets, training, evaluation) and are left out where it is absent.
+NEEDS_TORCH = ["test_cocodataset.py", "test_datasets.py", "test_evaluate.py", "test_house.py", "test_pipeline.py",
+               "test_resume.py", "test_slots.py", "test_sources.py", "test_training.py"]
+collect_ignore = [] if importlib.util.find_spec("torch") else NEEDS_TORCH
 SHARED = Path(os.environ.get("MLLIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 

@@ -57,9 +57,9 @@ def run(args) -> int:
     from mllib.sources.check import Check, first_problems
 
     if not args.name and not args.datasets:
-        raise cli.MllibError("give a registered dataset name (" + ", ".join(sources.names()) + ") or --datasets JSON")
+        raise cli.UsageError("give a registered dataset name (" + ", ".join(sources.names()) + ") or --datasets JSON")
     if args.name and args.datasets:
-        raise cli.MllibError("give a dataset name or --datasets, not both")
+        raise cli.UsageError("give a dataset name or --datasets, not both")
     store = cli.open_store(args)
     specs = sources.resolve(args.name or args.datasets, store, args.set, what="--datasets",
                             classes_file=args.classes_file)

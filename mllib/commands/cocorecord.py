@@ -84,7 +84,7 @@ def parse_args(argv=None):
 
 def run(args) -> int:
     if args.ray_address and args.engine != "ray":
-        raise cli.MllibError("--ray_address goes with --engine ray")
+        raise cli.UsageError("--ray_address goes with --engine ray")
     if args.engine == "ray":
         from mllib.records.rayengine import _ray, check_address
 

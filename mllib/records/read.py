@@ -176,8 +176,17 @@ def _part(rank: int | None, world: int | None, rotate: list[int] | None = None) 
 
 
 def _torch_iterable():
-    import torch
+    """torch's IterableDataset; without PyTorch (the core install) a base whose construction says what to install,
+    so that the rest of this module (descriptions, shard keys, verified reading) works without it."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        class NeedsTorch:
+            def __init__(self, *args, **kwargs):
+                raise MllibError(f"{type(self).__name__} needs PyTorch, which is not installed: pip install "
+                                 "'mllib[torch]' (or pip install -r requirements-torch.txt in a checkout)")
 
+        return NeedsTorch
     return torch.utils.data.IterableDataset
 
 

@@ -1,0 +1,153 @@
+"""The package as its users meet it: every console command answers --help and --version, help reads cleanly (one
+default per flag, no seed aliases listed twice), a missing extra is one line naming it, and each class of failure
+has its documented exit status (0 ok, 1 input or job, 2 usage, 75 temporary, 130 interrupted)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mllib import cli
+from mllib.testing.mirror import Faults, Mirror
+
+from .cocofake import make_coco_zips
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+NEEDS = {"mllib-train": "torch", "mllib-evaluate": "torch", "mllib-export": "torch", "mllib-segment-train": "tensorflow",
+         "mllib-segment-test": "tensorflow"}
+
+
+def call(command: str, argv: list[str]) -> int:
+    module, func = SCRIPTS[command].split(":")
+    try:
+        return getattr(importlib.import_module(module), func)(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_the_seeds_scripts_and_the_commands_are_one_main():
+    from .conftest import load_script
+
+    for script, command in [("datasets/getcoco.py", "mllib-getcoco"), ("datasets/cocorecord.py", "mllib-cocorecord"),
+                            ("datasets/getdataset.py", "mllib-getdataset")]:
+        module, func = SCRIPTS[command].split(":")
+        assert load_script(script).main is getattr(importlib.import_module(module), func)
+    assert set(NEEDS) < set(SCRIPTS) and len(SCRIPTS) == 16
+
+
+@pytest.mark.parametrize("command", sorted(SCRIPTS))
+def test_every_command_answers_help_and_version(command, capsys):
+    from mllib import __version__
+
+    need = NEEDS.get(command)
+    if need and importlib.util.find_spec(need) is None:  # the core install: one line naming the extra
+        assert call(command, ["--help"]) == cli.EXIT_FAILED
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "which is not installed: pip install 'mllib[" in err, err
+        return
+    assert call(command, ["--version"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"(mllib) {__version__}")
+    assert call(command, ["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--version" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    options = text.split("options:", 1)[-1]
+    # each flag's paragraph says its default at most once
+    for para in re.split(r"\n  (?=-)", options):
+        assert para.count("(default:") <= 1, para
+    # the seed's single-dash spellings (-store, -trainingset_name) are accepted, not listed
+    assert not re.search(r"(^|[\s,\[])-[a-z][a-z_]+", options, re.M), re.findall(r"(?:^|[\s,\[])-[a-z][a-z_]+", options)
+
+
+def test_the_installed_console_command_runs():
+    exe = Path(sys.executable).with_name("mllib-getcoco")
+    if not exe.exists():
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("mllib-getcoco (mllib) ")
+
+
+def test_a_seed_alias_still_works(local_store, capsys):
+    assert call("mllib-store", ["-store", local_store.url, "ls"]) == 0
+
+
+def test_a_missing_extra_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *a, **kw):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+
+    def body():
+        import ray  # noqa: F401
+
+    assert cli.run(body, "mllib-x") == cli.EXIT_FAILED
+    err = capsys.readouterr().err.strip()
+    assert err == ("mllib-x: error: this needs Ray, which is not installed: pip install 'mllib[ray]' (or pip install "
+                   "-r requirements-ray.txt in a checkout)")
+
+
+# -- exit statuses: one real failure of each class ---------------------------------------------------------------------
+def test_exit_status_of_each_class_of_failure(s3_bucket, tmp_path, monkeypatch, capsys):
+    from mllib.testing.seaweed import free_port
+
+    site = tmp_path / "site"
+    make_coco_zips(site)
+    files = "val2017.zip"
+    get = ["--base_url", None, "--checksums", str(site / "checksums.tsv"), "--workdir", str(tmp_path / "w"),
+           "--files", files, "--no_progress", "--retries", "1", "--store", str(tmp_path / "store")]
+    rows = []
+
+    def row(what, want, command, argv, env=None):
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        got = call(command, argv)
+        err = capsys.readouterr().err.strip()
+        for k in env or {}:
+            monkeypatch.undo()
+        rows.append((what, want, got, err.splitlines()[-1] if err else ""))
+
+    row("a bad flag", 2, "mllib-getcoco", ["--no_such_flag"])
+    row("a bad value", 2, "mllib-getcoco", ["--jobs", "0"])
+    row("a value that does not go with the command", 2, "mllib-getcoco", ["--files", "nope.zip", "--store",
+                                                                           str(tmp_path / "s")])
+    row("a missing bucket", 1, "mllib-store", ["--store", "s3://no-such-bucket-here", "ls"])
+    row("wrong credentials", 1, "mllib-store", ["--store", f"s3://{s3_bucket}", "ls"],
+        env={"AWS_SECRET_ACCESS_KEY": "wrong" * 8})
+    row("a missing object (no such training set)", 1, "mllib-checkrecords", ["nope", "--store", f"s3://{s3_bucket}"])
+    row("an unreachable endpoint (after botocore's retries)", 75, "mllib-store",
+        ["--store", "s3://bkt", "--endpoint_url", f"http://127.0.0.1:{free_port()}", "ls"],
+        env={"AWS_MAX_ATTEMPTS": "2"})
+    bad = site / "bad.tsv"
+    bad.write_text(re.sub(r"\t[0-9a-f]{64}\t", "\t" + "0" * 64 + "\t", (site / "checksums.tsv").read_text()))
+    with Mirror(site) as m:
+        get[1] = m.url
+        row("a checksum mismatch", 1, "mllib-getcoco", [*get[:2], "--checksums", str(bad), *get[4:]])
+        row("the job done", 0, "mllib-getcoco", get)
+    with Mirror(site, faults=Faults(fail_503={files: 100})) as m:
+        get[1] = m.url
+        row("a site that answers 503 through every retry", 75, "mllib-getcoco",
+            [*get, "--workdir", str(tmp_path / "w2"), "--store", str(tmp_path / "store2")])
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    rows.append(("Ctrl-C", 130, cli.run(interrupted, "mllib-x"), capsys.readouterr().err.strip()))
+    for what, want, got, line in rows:
+        print(f"{got:>3}  {what}: {line[:140]}")
+    assert [(what, got) for what, _, got, _ in rows] == [(what, want) for what, want, _, _ in rows], rows
+    # every failure is one line of its own (SIGTERM in training, 75: tests/test_resume.py)
+    assert all(line and "Traceback" not in line and "internal error" not in line for _, want, _, line in rows if want)
