@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from mllib import MllibError, UsageError
+from mllib import MllibError, UsageError  # noqa: F401 - cli.UsageError for the commands
 from mllib.checks import Range
 
 log = logging.getLogger(__name__)

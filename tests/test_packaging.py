@@ -116,7 +116,7 @@ def test_exit_status_of_each_class_of_failure(s3_bucket, tmp_path, monkeypatch, 
             monkeypatch.setenv(k, v)
         got = call(command, argv)
         err = capsys.readouterr().err.strip()
-        for k in env or {}:
+        if env:
             monkeypatch.undo()
         rows.append((what, want, got, err.splitlines()[-1] if err else ""))
 
@@ -146,7 +146,7 @@ def test_exit_status_of_each_class_of_failure(s3_bucket, tmp_path, monkeypatch, 
         raise KeyboardInterrupt
 
     rows.append(("Ctrl-C", 130, cli.run(interrupted, "mllib-x"), capsys.readouterr().err.strip()))
-    for what, want, got, line in rows:
+    for what, _, got, line in rows:
         print(f"{got:>3}  {what}: {line[:140]}")
     assert [(what, got) for what, _, got, _ in rows] == [(what, want) for what, want, _, _ in rows], rows
     # every failure is one line of its own (SIGTERM in training, 75: tests/test_resume.py)
