@@ -1,25 +1,61 @@
-# mllib dev environment: GPU-capable PyTorch and TensorFlow, the same pinned requirements as the README.
-# Build with ./drb, run with ./dr (mounts the checkout at /opt/mllib, where the editable install points).
+# mllib images from one Dockerfile, one stage per job (./drb TARGET; BuildKit or buildah pick the stage):
+#   torch   (default, the last stage) the dev image for PyTorch: the core, PyTorch (CUDA), TensorBoard, ONNX export,
+#           the test and lint tools; the checkout installed editable at /opt/mllib (./dr mounts it there)
+#   tf      the dev image for segment/ (Keras): the core and the GPU-capable TensorFlow, no PyTorch
+#   all     both stacks (two CUDA stacks: PyTorch's and TensorFlow's; mllib.tflib loads Triton first)
+#   runtime a slim image of the core and PyTorch with the wheel built from the checkout (not editable), no dev tools
 # Works on the official python image and on a Debian-made base with python3 and python3-venv (.ci/container):
 # the packages go into a virtual environment, never into the system's Python.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
 
+FROM ${BASE_IMAGE} AS core
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:${PATH}
-
 WORKDIR /opt/mllib
-COPY requirements.txt requirements-dev.txt requirements-ray.txt ./
-# requirements.txt pins CPU TensorFlow (tensorflow-cpu); the image takes the GPU-capable build of the same
-# version. torch==<pin> from PyPI on Linux is already the CUDA build. Everything else is installed as pinned.
+COPY requirements*.txt ./
 RUN python3 -m venv /opt/venv \
-    && sed 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' requirements.txt > /tmp/requirements-gpu.txt \
-    && pip install -r /tmp/requirements-gpu.txt -r requirements-dev.txt
+    && pip install -r requirements-core.txt -r requirements-test.txt
 
+FROM core AS tf
+# requirements-tf.txt pins CPU TensorFlow (tensorflow-cpu); the image takes the GPU-capable build of that version
+RUN sed 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' requirements-tf.txt > /tmp/requirements-tf-gpu.txt \
+    && pip install -r /tmp/requirements-tf-gpu.txt -r requirements-dev.txt
 COPY . .
 RUN pip install --no-deps -e .
+CMD ["bash"]
 
+FROM core AS all
+RUN sed 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' requirements-tf.txt > /tmp/requirements-tf-gpu.txt \
+    && pip install -r requirements-torch.txt -r requirements-export.txt -r /tmp/requirements-tf-gpu.txt \
+       -r requirements-dev.txt
+COPY . .
+RUN pip install --no-deps -e .
+CMD ["bash"]
+
+FROM core AS wheel
+COPY . /tmp/src
+RUN pip wheel --no-deps -w /tmp/wheels /tmp/src
+
+FROM ${BASE_IMAGE} AS runtime
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH}
+COPY requirements-core.txt requirements-torch.txt /tmp/req/
+COPY --from=wheel /tmp/wheels /tmp/wheels
+RUN python3 -m venv /opt/venv \
+    && pip install -r /tmp/req/requirements-torch.txt /tmp/wheels/*.whl \
+    && rm -rf /tmp/req /tmp/wheels
+WORKDIR /work
+CMD ["mllib-getcoco", "--help"]
+
+FROM core AS torch
+# torch==<pin> from PyPI on Linux is the CUDA build
+RUN pip install -r requirements-torch.txt -r requirements-export.txt -r requirements-dev.txt
+COPY . .
+RUN pip install --no-deps -e .
 CMD ["bash"]

@@ -27,6 +27,33 @@ from mllib.testing.seaweed import SeaweedS3  # noqa: E402
 NEEDS_TORCH = ["test_cocodataset.py", "test_datasets.py", "test_evaluate.py", "test_house.py", "test_pipeline.py",
                "test_resume.py", "test_slots.py", "test_sources.py", "test_training.py"]
 collect_ignore = [] if importlib.util.find_spec("torch") else NEEDS_TORCH
+# ... and these tests of modules the core runs (a parametrized test: those of its cases that name the script)
+NEEDS = {
+    "torch": {"test_torch_records_split_across_workers", "test_a_flipped_bit_names_the_shard_and_the_record_offset",
+              "test_a_full_checkpoint_target_keeps_the_previous_checkpoint",
+              "test_conversion_and_reading_under_injected_503s_and_resets",
+              "test_fuzz_200_corruptions_each_gets_the_error_or_a_counted_skip", "test_network2d_on_a_corrupted_shard",
+              "test_truncated_shard_wrong_length_and_replaced_shard", "test_cocodataset_arguments_are_checked",
+              "test_cocostore_out_that_is_a_file", "test_network2d_flags_are_trainconfigs_fields",
+              "test_network2d_settings_out_of_range_are_one_line", "test_recordsdataset_arguments_are_checked",
+              "test_trainconfig_checks_what_a_library_caller_gives", "test_decompression_bomb_is_a_bad_sample",
+              "test_cocodataset_fetches_the_next_batch_while_computing_this_one",
+              "test_read_ahead_batches_are_batchsamplers_and_name_each_workers_next_batch",
+              "test_tensorflow_then_torch_optimizer_in_one_process", "test_training_stops_with_a_checkpoint_when_the_"
+              "store_stays_away_and_resumes_exactly", "test_seaweedfs_with_full_volumes_loses_nothing",
+              "test_eight_loader_workers_and_a_conversion_at_once", "test_reading_records_rides_through_a_store_restart",
+              "[network2d", "[cocostore"},
+    "tensorflow": {"test_records_parse_with_tf_and_labels_equal_renderer",
+                   "test_tensorflow_then_torch_optimizer_in_one_process", "[test.py", "[train.py"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = [m for m in NEEDS if importlib.util.find_spec(m) is None]
+    for item in items:
+        for m in missing:
+            if item.originalname in NEEDS[m] or any(n.startswith("[") and n in item.name for n in NEEDS[m]):
+                item.add_marker(pytest.mark.skip(reason=f"needs {m}, which the core install leaves out"))
 SHARED = Path(os.environ.get("MLLIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
