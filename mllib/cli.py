@@ -34,7 +34,8 @@ def log_level(text: str) -> str:
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Help that keeps the module docstring's example layout and shows one default per flag: none for a switch, for
     a flag whose default is unset (None) or for a help text that already says its default; the seed's single-dash
-    spellings (-store, -trainingset_name) are accepted but not listed beside their --flag."""
+    spellings (-store, -trainingset_name) and older names (--savedmodelname for --model_name) are accepted but only the
+    flag's one name is listed."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -45,7 +46,8 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _format_action_invocation(self, action):
         names = action.option_strings
-        shown = [n for n in names if n.startswith("--") or len(n) == 2]
+        longs = [n for n in names if n.startswith("--")]
+        shown = [n for n in names if len(n) == 2] + longs[:1]  # one long name; older spellings are accepted
         if not names or len(shown) == len(names) or not shown:
             return super()._format_action_invocation(action)
         return super()._format_action_invocation(_Shown(action, shown))
@@ -121,6 +123,65 @@ def add_settings(p: argparse.ArgumentParser, cls, title: str | None = None) -> N
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # str | None -> str
         g.add_argument(*names, type=base, default=f.default, choices=meta.get("choices"), help=meta.get("help"))
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """--config FILE (settings from a YAML or JSON file; flags on the command line override it) and --print_config."""
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a YAML (or .json) file, keyed by the flags' names (batch_size: 16); flags on "
+                        "the command line override it")
+    p.add_argument("--print_config", action="store_true",
+                   help="print the effective settings as YAML (usable as --config) and exit")
+
+
+def load_config(path: str) -> dict:
+    """A --config file's settings: a mapping from flag names (without dashes) to values."""
+    import json
+
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise UsageError(f"--config {path}: {e.strerror or e}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except ModuleNotFoundError:
+        raise UsageError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), or give a .json "
+                         "file") from None
+    except ValueError as e:  # json.JSONDecodeError
+        raise UsageError(f"--config {path}: not valid JSON ({e})") from None
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError and its kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"--config {path}: not valid YAML ({first})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise UsageError(f"--config {path}: must be a mapping of flag names to values (batch_size: 16)")
+    return {k.lstrip("-").replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_with_config(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """p.parse_args(argv), the --config file's settings taking the place of the defaults (the command line wins).
+    A setting no flag has is a usage error naming it."""
+    known, _ = p.parse_known_args(argv)
+    if getattr(known, "config", None):
+        data = load_config(known.config)
+        dests = {a.dest for a in p._actions} - {"help", "version", "config", "print_config"}
+        unknown = sorted(set(data) - dests)
+        if unknown:
+            raise UsageError(f"--config {known.config}: no such setting(s): {', '.join(unknown)}")
+        p.set_defaults(**data)
+    return p.parse_args(argv)
+
+
+def print_config(settings: dict) -> None:
+    """The effective settings as YAML (JSON-compatible values; a file --config reads back)."""
+    import json
+
+    for k, v in settings.items():
+        print(f"{k}: {json.dumps(v)}")
 
 
 def add_log_args(p: argparse.ArgumentParser) -> None:

@@ -32,8 +32,9 @@ def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
     cli.add_settings(p, TrainConfig, "training (mllib.training.train.TrainConfig)")
+    cli.add_config_args(p)
     cli.add_log_args(p)
-    return p.parse_args(argv)
+    return cli.parse_with_config(p, argv)
 
 
 def run(args) -> int:
@@ -42,6 +43,11 @@ def run(args) -> int:
     from mllib.training import train
 
     cfg = train.TrainConfig(**{f.name: getattr(args, f.name) for f in fields(train.TrainConfig)})  # checks ranges
+    if args.print_config:
+        from dataclasses import asdict
+
+        cli.print_config({"store": args.store, "endpoint_url": args.endpoint_url, **asdict(cfg)})
+        return 0
     store = cli.open_store(args)
     try:
         last = train.fit(cfg, store)
