@@ -32,9 +32,14 @@ def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
     cli.add_settings(p, TrainConfig, "training (mllib.training.train.TrainConfig)")
+    p.add_argument("--color", choices=("rgb", "gray"), default=None,
+                   help="train on colour (rgb: 3 channels, the default) or grayscale (gray: 1 channel) images")
     cli.add_config_args(p)
     cli.add_log_args(p)
-    return cli.parse_with_config(p, argv)
+    args = cli.parse_with_config(p, argv)
+    if args.color is not None:
+        args.imflags = 1 if args.color == "rgb" else 0
+    return args
 
 
 def run(args) -> int:

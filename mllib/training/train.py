@@ -80,7 +80,8 @@ class TrainConfig:
                                            "the first entry's)", alias=True)
     height: int = setting(512, "training crop height", alias=True, check=SIZE)
     width: int = setting(512, "training crop width", alias=True, check=SIZE)
-    imflags: int = setting(1, "cv2 imread flags (1 color, 0 gray)", alias=True)
+    imflags: int = setting(1, "the seed's image mode: 1 colour, 0 grayscale (the command line's --color rgb|gray)",
+                           alias=True)
     batch_size: int = setting(8, "images per step (per rank)", alias=True, check=Range(1))
     epochs: int = setting(10, "epochs to train", alias=True, check=Range(1))
     max_steps: int = setting(0, "stop after this many steps (0: no limit)", alias=True, check=Range(0))
