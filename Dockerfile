@@ -8,12 +8,14 @@
 # the packages go into a virtual environment, never into the system's Python.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS core
+FROM ${BASE_IMAGE} AS base
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:${PATH}
+
+FROM base AS core
 WORKDIR /opt/mllib
 COPY requirements*.txt ./
 RUN python3 -m venv /opt/venv \
@@ -39,12 +41,7 @@ FROM core AS wheel
 COPY . /tmp/src
 RUN pip wheel --no-deps -w /tmp/wheels /tmp/src
 
-FROM ${BASE_IMAGE} AS runtime
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONUNBUFFERED=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:${PATH}
+FROM base AS runtime
 COPY requirements-core.txt requirements-torch.txt /tmp/req/
 COPY --from=wheel /tmp/wheels /tmp/wheels
 RUN python3 -m venv /opt/venv \
