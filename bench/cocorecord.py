@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from realcoco import DEFAULT_SHARED, put_repeated, require_sample
+from realcoco import DEFAULT_SHARED, coco_on_seaweed, put_repeated, require_sample, shard_digests
 
 from mllib import images
 from mllib import store as mstore
@@ -99,43 +99,29 @@ def conversion_scaling(shared: Path, repeat: int) -> None:
 
 
 def latency(shared: Path, images: int, delay_ms: float, rounds: int = 3) -> None:
-    from mllib.records import read
+    import statistics
+
     from mllib.store import S3Store
     from mllib.testing.latency import LatencyProxy
-    from mllib.testing.seaweed import SeaweedS3
 
-    tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-rec-lat-"))
-    server = SeaweedS3(tmp / "weed").start()
-    try:
-        with server.environment():
-            server.create_bucket("coco")
-            s = mstore.connect("s3://coco")
-            n = put_repeated(s, shared, max(1, images // 50))
-            e = [Entry("annotations/instances_val2017.json", "val2017", "val")]
-            Conversion(s, "warm", e, jobs=1, bar=False, max_images=5).run()  # the index, cached in the store
-            host, port = server.endpoint.split("//")[1].split(":")
-            times: dict[float, list[float]] = {0.0: [], delay_ms: []}
-            sha = {}
-            for r in range(rounds):
-                for ms in (0.0, delay_ms):
-                    with LatencyProxy((host, int(port)), ms / 1000, max_seconds=3600) as proxy:
-                        far = S3Store("s3://coco", endpoint_url=proxy.url)
-                        name = f"lat{int(ms)}-{r}"
-                        t, _ = timed(Conversion(far, name, e, shard_images=100, jobs=2, bar=False).run)
-                        times[ms].append(t)
-                        sha[name] = [x["sha256"] for x in read.description(s, name)["sets"]["val"]["shards"]]
-                        print(f"  round {r}: +{ms:g} ms per request: {n} images in {t:.2f} s (peak {proxy.peak} "
-                              f"requests in flight)")
-            import statistics
-
-            base, slow = statistics.median(times[0.0]), statistics.median(times[delay_ms])
-            same = len({tuple(v) for v in sha.values()}) == 1
-            print(f"conversion --jobs 2 through the proxy: {base:.2f} s at +0 ms, {slow:.2f} s at +{delay_ms:g} ms "
-                  f"(medians of {rounds} alternating rounds): +{100 * (slow / base - 1):.0f}% (goal <= 15%); records identical: {same}")
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
+    with coco_on_seaweed(shared, images, "mllib-bench-rec-lat-") as (server, s, n, e):
+        host, port = server.endpoint.split("//")[1].split(":")
+        times: dict[float, list[float]] = {0.0: [], delay_ms: []}
+        sha = {}
+        for r in range(rounds):
+            for ms in (0.0, delay_ms):
+                with LatencyProxy((host, int(port)), ms / 1000, max_seconds=3600) as proxy:
+                    far = S3Store("s3://coco", endpoint_url=proxy.url)
+                    name = f"lat{int(ms)}-{r}"
+                    t, _ = timed(Conversion(far, name, e, shard_images=100, jobs=2, bar=False).run)
+                    times[ms].append(t)
+                    sha[name] = shard_digests(s, name)
+                    print(f"  round {r}: +{ms:g} ms per request: {n} images in {t:.2f} s (peak {proxy.peak} "
+                          f"requests in flight)")
+        base, slow = statistics.median(times[0.0]), statistics.median(times[delay_ms])
+        same = len({tuple(v) for v in sha.values()}) == 1
+        print(f"conversion --jobs 2 through the proxy: {base:.2f} s at +0 ms, {slow:.2f} s at +{delay_ms:g} ms "
+              f"(medians of {rounds} alternating rounds): +{100 * (slow / base - 1):.0f}% (goal <= 15%); records identical: {same}")
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,10 +9,8 @@ held under load, the conversion's own rate, and that every sample read under loa
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realcoco import DEFAULT_SHARED, put_repeated, require_sample  # noqa: E402
+from realcoco import DEFAULT_SHARED, coco_on_seaweed, require_sample  # noqa: E402
 
 
 def read_for(make_loader, want, seconds: float) -> tuple[int, float, int]:
@@ -57,61 +55,48 @@ def main(argv=None) -> int:
     from mllib import layout
     from mllib import store as mstore
     from mllib.loaders.cocodataset import CocoDataset
-    from mllib.records.convert import Conversion, Entry
-    from mllib.testing.seaweed import SeaweedS3
+    from mllib.records.convert import Conversion
 
-    tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-load-"))
-    server = SeaweedS3(tmp / "weed").start()
-    try:
-        with server.environment():
-            server.create_bucket("coco")
-            st = mstore.connect("s3://coco")
-            n = put_repeated(st, a.shared, max(1, a.images // 50))
-            e = [Entry("annotations/instances_val2017.json", "val2017", "val")]
-            Conversion(st, "warm", e, jobs=1, bar=False, max_images=5).run()  # the index, cached in the store
+    with coco_on_seaweed(a.shared, a.images, "mllib-bench-load-") as (_, _, n, e):
+        def ds():
+            return CocoDataset(mstore.connect("s3://coco"), dataset_desc=layout.coco_instances("coco", "val2017"),
+                               image_paths=layout.coco_images("coco", "val2017"), astype="uint8", normalize="none",
+                               label_dtype="uint8", height=256, width=256, seed=5)
 
-            def ds():
-                return CocoDataset(mstore.connect("s3://coco"), dataset_desc=layout.coco_instances("coco", "val2017"),
-                                   image_paths=layout.coco_images("coco", "val2017"), astype="uint8", normalize="none",
-                                   label_dtype="uint8", height=256, width=256, seed=5)
+        alone = ds()
+        want = [tuple(t.clone() for t in alone[i][:2]) for i in range(len(alone))]
 
-            alone = ds()
-            want = [tuple(t.clone() for t in alone[i][:2]) for i in range(len(alone))]
+        def loader():
+            return torch.utils.data.DataLoader(ds(), batch_size=8, num_workers=8, shuffle=False,
+                                               persistent_workers=True)
 
-            def loader():
-                return torch.utils.data.DataLoader(ds(), batch_size=8, num_workers=8, shuffle=False,
-                                                   persistent_workers=True)
+        rates = {"alone": [], "beside a conversion": []}
+        conv_rates, bad_total, converted = [], 0, 0
+        for r in range(a.rounds):
+            seen, took, bad = read_for(loader, want, a.seconds)
+            rates["alone"].append(seen / took)
+            bad_total += bad
+            stop = threading.Event()
+            done = []
 
-            rates = {"alone": [], "beside a conversion": []}
-            conv_rates, bad_total, converted = [], 0, 0
-            for r in range(a.rounds):
-                seen, took, bad = read_for(loader, want, a.seconds)
-                rates["alone"].append(seen / took)
-                bad_total += bad
-                stop = threading.Event()
-                done = []
+            def convert(r=r, stop=stop, done=done):
+                k = 0
+                while not stop.is_set():  # whole conversions, one after another, while the loader reads
+                    t0 = time.perf_counter()
+                    Conversion(mstore.connect("s3://coco"), f"load-{r}-{k}", e, shard_images=50, jobs=2,
+                               bar=False).run()
+                    done.append((n, time.perf_counter() - t0))
+                    k += 1
 
-                def convert(r=r, stop=stop, done=done):
-                    k = 0
-                    while not stop.is_set():  # whole conversions, one after another, while the loader reads
-                        t0 = time.perf_counter()
-                        Conversion(mstore.connect("s3://coco"), f"load-{r}-{k}", e, shard_images=50, jobs=2,
-                                   bar=False).run()
-                        done.append((n, time.perf_counter() - t0))
-                        k += 1
-
-                th = threading.Thread(target=convert)
-                th.start()
-                seen, took, bad = read_for(loader, want, a.seconds)
-                stop.set()
-                th.join()
-                rates["beside a conversion"].append(seen / took)
-                bad_total += bad
-                converted += sum(x for x, _ in done)
-                conv_rates += [x / t for x, t in done]
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+            th = threading.Thread(target=convert)
+            th.start()
+            seen, took, bad = read_for(loader, want, a.seconds)
+            stop.set()
+            th.join()
+            rates["beside a conversion"].append(seen / took)
+            bad_total += bad
+            converted += sum(x for x, _ in done)
+            conv_rates += [x / t for x, t in done]
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"one SeaweedFS, {n} real COCO images, 8 DataLoader workers (CocoDataset, 256x256, one GET a sample), "
           f"{a.seconds:g} s a case, {a.rounds} rounds, medians:")
