@@ -18,3 +18,19 @@ class UsageError(MllibError):
     """A bad flag or value, or flags that do not go together: exit status 2, as argparse's own usage errors."""
 
     exit_status = 2
+
+
+# module -> (what it is, the extra that installs it)
+EXTRAS = {"torch": ("PyTorch", "torch"), "tensorboard": ("TensorBoard", "torch"),
+          "matplotlib": ("matplotlib", "torch"), "yaml": ("PyYAML", "torch"), "tensorflow": ("TensorFlow", "tf"),
+          "keras": ("Keras", "tf"), "ray": ("Ray", "ray"), "onnx": ("ONNX", "export"),
+          "onnxruntime": ("onnxruntime", "export"), "onnxscript": ("onnxscript", "export")}
+
+
+class MissingExtra(MllibError):
+    """A module of an extra (EXTRAS) is not installed: which extra installs it, in one line."""
+
+    def __init__(self, module: str, who: str = "this"):
+        what, extra = EXTRAS[module]
+        super().__init__(f"{who} needs {what}, which is not installed: pip install 'mllib[{extra}]' (or pip install "
+                         f"-r requirements-{extra}.txt in a checkout)")

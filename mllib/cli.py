@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
 from collections.abc import Callable
 
-from mllib import MllibError, UsageError  # noqa: F401 - cli.UsageError for the commands
+from mllib import EXTRAS, MissingExtra, MllibError, UsageError  # noqa: F401 - cli.UsageError for the commands
 from mllib.checks import Range
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         shown = [n for n in names if len(n) == 2] + longs[:1]  # one long name; older spellings are accepted
         if not names or len(shown) == len(names) or not shown:
             return super()._format_action_invocation(action)
-        return super()._format_action_invocation(_Shown(action, shown))
-
-
-class _Shown:
-    """An action seen by the help formatter with fewer option strings."""
-
-    def __init__(self, action, names):
-        self._action, self.option_strings = action, names
-
-    def __getattr__(self, name):
-        return getattr(self._action, name)
+        listed = copy.copy(action)
+        listed.option_strings = shown
+        return super()._format_action_invocation(listed)
 
 
 def version() -> str:
@@ -142,8 +135,9 @@ def load_config(path: str) -> dict:
         text = open(path, encoding="utf-8").read()
     except OSError as e:
         raise UsageError(f"--config {path}: {e.strerror or e}") from None
+    kind = "JSON" if path.endswith(".json") else "YAML"
     try:
-        if path.endswith(".json"):
+        if kind == "JSON":
             data = json.loads(text)
         else:
             import yaml
@@ -152,11 +146,9 @@ def load_config(path: str) -> dict:
     except ModuleNotFoundError:
         raise UsageError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), or give a .json "
                          "file") from None
-    except ValueError as e:  # json.JSONDecodeError
-        raise UsageError(f"--config {path}: not valid JSON ({e})") from None
-    except Exception as e:  # noqa: BLE001 - yaml.YAMLError and its kinds
+    except Exception as e:  # noqa: BLE001 - json.JSONDecodeError, yaml.YAMLError and its kinds
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"--config {path}: not valid YAML ({first})") from None
+        raise UsageError(f"--config {path}: not valid {kind} ({first})") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise UsageError(f"--config {path}: must be a mapping of flag names to values (batch_size: 16)")
     return {k.lstrip("-").replace("-", "_"): v for k, v in data.items()}
@@ -227,13 +219,6 @@ EXIT_USAGE = 2  # a bad flag or value (argparse's status, and mllib.UsageError)
 EXIT_TEMPORARY = 75  # the network or the store unavailable after retries, preempted training: re-run later
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
-# module -> (what it is, the extra that installs it)
-EXTRAS = {"torch": ("PyTorch", "torch"), "tensorboard": ("TensorBoard", "torch"),
-          "matplotlib": ("matplotlib", "torch"), "tensorflow": ("TensorFlow", "tf"), "keras": ("Keras", "tf"),
-          "ray": ("Ray", "ray"), "onnx": ("ONNX", "export"), "onnxruntime": ("onnxruntime", "export"),
-          "onnxscript": ("onnxscript", "export")}
-
-
 def run(main: Callable[[], int], prog: str | None = None) -> int:
     """Run a command's body: an error is one line on stderr and the exit status of its class (EXIT_*), no
     traceback."""
@@ -244,11 +229,10 @@ def run(main: Callable[[], int], prog: str | None = None) -> int:
         print(f"{name}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_status", EXIT_FAILED)
     except ModuleNotFoundError as e:  # an extra that is not installed: which one to install
-        extra = EXTRAS.get((e.name or "").split(".")[0])
-        if extra is None:
+        module = (e.name or "").split(".")[0]
+        if module not in EXTRAS:
             raise
-        print(f"{name}: error: this needs {extra[0]}, which is not installed: pip install 'mllib[{extra[1]}]' (or "
-              f"pip install -r requirements-{extra[1]}.txt in a checkout)", file=sys.stderr)
+        print(f"{name}: error: {MissingExtra(module)}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as e:  # the machine's side: disk full, permission denied, a missing local file
         from mllib.atomic import is_full, no_space

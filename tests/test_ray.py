@@ -87,7 +87,7 @@ def test_engine_ray_without_ray_is_one_line(tmp_path):
     assert p.returncode == 1, p.stderr
     assert p.stderr.strip().splitlines() == [
         "mllib-cocorecord: error: --engine ray needs Ray, which is not installed: pip install 'mllib[ray]' (or pip "
-        "install -r requirements-ray.txt)"]
+        "install -r requirements-ray.txt in a checkout)"]
     assert not (tmp_path / "store").exists()  # refused before the store was opened
 
 

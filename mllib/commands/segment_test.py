@@ -19,9 +19,9 @@ from mllib import checks, cli, layout
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--records", "--trainingset", "-trainingset", dest="trainingset", type=checks.NAME, required=True,
+    p.add_argument("--records", "--trainingset", "-trainingset", dest="trainingset", metavar="NAME", type=checks.NAME, required=True,
                    help="the TFRecord training set (trainingsets/<name>; --trainingset, the seed's spelling, too)")
-    p.add_argument("--model_name", "--model", "-model", dest="model", type=checks.NAME, default="unet",
+    p.add_argument("--model_name", "--model", "-model", dest="model", metavar="NAME", type=checks.NAME, default="unet",
                    help="models/<model_name>/ in the store (--model, the seed's spelling, too)")
     p.add_argument("--set", default="val", help="which set to evaluate")
     p.add_argument("--mode", choices=("whole", "center"), default="whole", help="whole images or center crops")

@@ -16,9 +16,9 @@ from mllib import checks, cli
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--records", "--trainingset", "-trainingset", dest="trainingset", type=checks.NAME, required=True,
+    p.add_argument("--records", "--trainingset", "-trainingset", dest="trainingset", metavar="NAME", type=checks.NAME, required=True,
                    help="the TFRecord training set (trainingsets/<name>; --trainingset, the seed's spelling, too)")
-    p.add_argument("--model_name", "--savedmodelname", "-savedmodelname", dest="savedmodelname", type=checks.NAME,
+    p.add_argument("--model_name", "--savedmodelname", "-savedmodelname", dest="savedmodelname", metavar="NAME", type=checks.NAME,
                    default="unet", help="models/<model_name>/ in the store (--savedmodelname, the seed's spelling, too)")
     p.add_argument("--set", default="train", help="which set to train on")
     p.add_argument("--epochs", "-epochs", type=checks.Range(1), default=10)

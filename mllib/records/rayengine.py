@@ -17,18 +17,15 @@ from __future__ import annotations
 import logging
 import socket
 
-from mllib import MllibError, UsageError
+from mllib import MissingExtra, MllibError, UsageError
 
 log = logging.getLogger(__name__)
-
-INSTALL = "pip install 'mllib[ray]' (or pip install -r requirements-ray.txt)"
-
 
 def _ray():
     try:
         import ray
     except ImportError:
-        raise MllibError(f"--engine ray needs Ray, which is not installed: {INSTALL}") from None
+        raise MissingExtra("ray", "--engine ray") from None
     return ray
 
 

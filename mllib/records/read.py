@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 
-from mllib import MllibError, images, layout, tflib
+from mllib import MissingExtra, MllibError, images, layout, tflib
 from mllib.augment import Augment, chw_uint8, output_settings, warp
 from mllib.records import schema, tfrecord
 from mllib.store import NotFound, Store
@@ -183,8 +183,7 @@ def _torch_iterable():
     except ModuleNotFoundError:
         class NeedsTorch:
             def __init__(self, *args, **kwargs):
-                raise MllibError(f"{type(self).__name__} needs PyTorch, which is not installed: pip install "
-                                 "'mllib[torch]' (or pip install -r requirements-torch.txt in a checkout)")
+                raise MissingExtra("torch", type(self).__name__)
 
         return NeedsTorch
     return torch.utils.data.IterableDataset

@@ -221,11 +221,15 @@ def outage_line(e: BaseException) -> str:
     return line.split("; re-run the same command", 1)[0]
 
 
+def run_folder(cfg) -> Path:
+    """The run's local folder (runs/<model_name>/, or the folder of --metrics_file): mllib.training.record's files."""
+    return Path(cfg.metrics_file).parent if cfg.metrics_file else Path(layout.run_metrics(cfg.model_name)).parent
+
+
 def rescue_path(cfg) -> Path:
     """Where a checkpoint goes when the store does not take it (it is away past its outage budget): the run
-    folder, beside metrics.jsonl. --resume takes it when its step is past the store's checkpoint."""
-    folder = Path(cfg.metrics_file).parent if cfg.metrics_file else Path(layout.run_metrics(cfg.model_name)).parent
-    return folder / f"{cfg.model_name}.checkpoint.pt"
+    folder. --resume takes it when its step is past the store's checkpoint."""
+    return run_folder(cfg) / f"{cfg.model_name}.checkpoint.pt"
 
 
 @contextlib.contextmanager
@@ -268,22 +272,30 @@ def save_checkpoint(store: Store, model_name: str, state: dict) -> None:
     store.put_bytes(checkpoint_key(model_name), buf.getvalue())  # atomic on both backends
 
 
-def load_checkpoint(store: Store, model_name: str | None, device, key: str | None = None) -> dict:
+def load_checkpoint(store: Store, model_name: str | None, device, key: str | None = None,
+                    missing_ok: bool = False) -> dict | None:
     """A checkpoint (models/<model_name>/checkpoint.pt, or `key`), loaded with weights_only=True: tensors and plain
-    types only, never code from the store."""
+    types only, never code from the store. None where there is none and `missing_ok`."""
     key = key or checkpoint_key(model_name)
     try:
         data = store.get_bytes(key)
     except NotFound:
+        if missing_ok:
+            return None
         if model_name is None:
             raise
         raise UsageError(f"--resume: no checkpoint at {store.url_for(key)}; train without --resume first") from None
+    return _weights_only(io.BytesIO(data), store.url_for(key), device)
+
+
+def _weights_only(source, where: str, device, fix: str = "") -> dict:
+    """torch.load(source, weights_only=True), or one line saying the checkpoint at `where` is not safe to load."""
     try:
-        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        return torch.load(source, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; all mean "not a safe checkpoint"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MllibError(f"checkpoint {store.url_for(key)} cannot be loaded as weights only "
-                         f"(it holds more than tensors and plain types, or is corrupt): {first[:300]}") from None
+        raise MllibError(f"checkpoint {where} cannot be loaded as weights only (it holds more than tensors and plain "
+                         f"types, or is corrupt): {first[:300]}{fix}") from None
 
 
 def loss_fn(ignore: int, weight: torch.Tensor | None = None) -> nn.Module:
@@ -388,18 +400,12 @@ def _latest_checkpoint(run: _Run) -> dict:
     """The store's checkpoint, or the run folder's rescue checkpoint (written while the store was away) when it is
     further on."""
     rescue = rescue_path(run.cfg)
-    if not rescue.exists():
-        return load_checkpoint(run.store, run.cfg.model_name, run.device)
-    try:
-        mine = torch.load(rescue, map_location=run.device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - as load_checkpoint: anything but tensors and plain types is refused
-        raise MllibError(f"--resume: the checkpoint {rescue} (written while the store was away) cannot be loaded "
-                         f"as weights only: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}; "
-                         "remove it to resume from the store's checkpoint") from None
-    try:
-        ck = load_checkpoint(run.store, run.cfg.model_name, run.device)
-    except MllibError:
-        ck = None  # none in the store yet
+    rescued = rescue.exists()
+    ck = load_checkpoint(run.store, run.cfg.model_name, run.device, missing_ok=rescued)
+    if not rescued:
+        return ck
+    mine = _weights_only(rescue, f"{rescue} (written while the store was away)", run.device,
+                         "; remove it to resume from the store's checkpoint")
     if ck is None or mine["step"] > ck["step"]:
         if run.rank == 0:
             log.info("resuming from %s (written while the store was away)", rescue)
@@ -435,21 +441,31 @@ def _state(run: _Run, epoch: int, complete: bool, step: int, history: list, posi
             "class_weights": run.class_weights}
 
 
-def _checkpoint(run: _Run, state: dict) -> None:
+def _checkpoint(run: _Run, state: dict, outage: StoreUnavailable | None = None) -> None:
     """Write a checkpoint to the store; a rescue checkpoint of an earlier outage is then behind it: removed. When
     the store does not take it (away, or full, past its outage budget) a single-process run writes it to
-    rescue_path and stops (Stopped, status 75); under torchrun the error is raised as it is."""
+    rescue_path and stops (Stopped, status 75). With `outage` (a data read that failed past the budget) it stops
+    after writing in any case. Under torchrun the error is raised as it is: the other ranks cannot be told in the
+    middle of a step, torchrun ends the run and the last periodic checkpoint stays."""
+    if outage is not None and run.world > 1:
+        raise outage
     try:
         save_checkpoint(run.store, run.cfg.model_name, state)
+        where = run.store.url_for(checkpoint_key(run.cfg.model_name))
     except StoreUnavailable as e:
         if run.world > 1:
             raise
+        outage = outage or e
         path = rescue_path(run.cfg)
         with atomic_write(path) as f:
             torch.save(state, f)
-        raise Stopped("the store being away", state["step"], f"{path} (the store did not take it; --resume takes "
-                      "it from there)", run.rank, why=f"stopped, the store is away ({outage_line(e)})") from None
-    rescue_path(run.cfg).unlink(missing_ok=True)
+        where = f"{path} (the store did not take it; --resume takes it from there)"
+    else:
+        rescue_path(run.cfg).unlink(missing_ok=True)
+        if outage is None:
+            return
+    raise Stopped("the store being away", state["step"], where, run.rank,
+                  why=f"stopped, the store is away ({outage_line(outage)})") from None
 
 
 def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metrics_path: Path, position=None) -> None:
@@ -458,22 +474,6 @@ def _save(run: _Run, epoch: int, complete: bool, step: int, history: list, metri
     _checkpoint(run, _state(run, epoch, complete, step, history, position))
     run.store.put_bytes(layout.model_metrics(run.cfg.model_name),
                         "".join(json.dumps(m) + "\n" for m in history).encode())
-
-
-def _outage_stop(run: _Run, e: StoreUnavailable, state: dict) -> Stopped:
-    """The store stayed away past its budget while reading data: write `state` (to the store if it takes it, else
-    to rescue_path) and return the Stopped to raise. Under torchrun the other ranks cannot be told in the middle of
-    a step: there the error is raised as it is and torchrun ends the run (the last periodic checkpoint stays)."""
-    if run.world > 1:
-        raise e
-    line = outage_line(e)
-    log.error("the store is away: %s", line)
-    try:
-        _checkpoint(run, state)
-    except Stopped as stopped:
-        return stopped
-    return Stopped("the store being away", state["step"], run.store.url_for(checkpoint_key(run.cfg.model_name)),
-                   run.rank, why=f"stopped, the store is away ({line})")
 
 
 class _Control:
@@ -584,7 +584,7 @@ def _epoch(run: _Run, loader, epoch: int, step: int, max_steps: float, ctl: _Con
         except StoreUnavailable as e:  # a worker's read failed past the outage budget: stop as on SIGTERM
             bar.close()
             position = pos.state(epoch, 0 if cfg.unordered else steps)
-            raise _outage_stop(run, e, _state(run, epoch, False, step, history, position, so_far())) from None
+            _checkpoint(run, _state(run, epoch, False, step, history, position, so_far()), outage=e)
         lr = run.set_lr(step)
         loss_sum += train_step(run.net, batch, run.optimizer, criterion, run.device, run.amp_dtype, run.scaler)
         step += 1
@@ -689,8 +689,7 @@ def fit(cfg: TrainConfig, store: Store) -> dict | None:
         if run.class_weights is not None:
             run.criterion = loss_fn(class_dict.ignore, torch.tensor(run.class_weights, device=device))
         if rank == 0:
-            run.record = RunRecord(Path(cfg.metrics_file).parent if cfg.metrics_file else
-                                   Path(layout.run_metrics(cfg.model_name)).parent, not cfg.no_tensorboard)
+            run.record = RunRecord(run_folder(cfg), not cfg.no_tensorboard)
             run.record.config(asdict(cfg), model=model.config, classes=class_dict.to_dict(), world_size=world,
                               schedule_steps=run.schedule_steps, class_weights=run.class_weights,
                               device=str(device))
@@ -772,12 +771,11 @@ def _train(run: _Run, train_loader, pos, ctl: _Control, train_ds, epoch: int, st
                 "device": str(run.device), "world_size": run.world, "lr": run.optimizer.param_groups[0]["lr"],
                 "bad_samples": base_dataset(train_ds).bad_count(), "val": val}
         history.append(last)
+        at = None if complete else pos.state(epoch, 0 if cfg.unordered else taken)  # cut short by --max_steps
         if outage is not None:
-            raise _outage_stop(run, outage, _state(run, epoch, complete, step, history, None if complete else
-                                                   pos.state(epoch, 0 if cfg.unordered else taken)))
-        if run.rank == 0:  # cut short by --max_steps: the position says where the epoch goes on
-            _save(run, epoch, complete, step, history, metrics_path, None if complete else pos.state(
-                epoch, 0 if cfg.unordered else taken))
+            _checkpoint(run, _state(run, epoch, complete, step, history, at), outage=outage)
+        if run.rank == 0:  # the position says where the epoch goes on
+            _save(run, epoch, complete, step, history, metrics_path, at)
             run.record.epoch(last, picture)
             run.record.curves(history)
             miou = last["val"]["miou"] if last["val"] else None
