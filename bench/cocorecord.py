@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from realcoco import DEFAULT_SHARED, coco_on_seaweed, put_repeated, require_sample, shard_digests
+from realcoco import DEFAULT_SHARED, coco_on_seaweed, put_repeated, require_sample, shard_sha256s
 
 from mllib import images
 from mllib import store as mstore
@@ -115,7 +115,7 @@ def latency(shared: Path, images: int, delay_ms: float, rounds: int = 3) -> None
                     name = f"lat{int(ms)}-{r}"
                     t, _ = timed(Conversion(far, name, e, shard_images=100, jobs=2, bar=False).run)
                     times[ms].append(t)
-                    sha[name] = shard_digests(s, name)
+                    sha[name] = shard_sha256s(s, name)
                     print(f"  round {r}: +{ms:g} ms per request: {n} images in {t:.2f} s (peak {proxy.peak} "
                           f"requests in flight)")
         base, slow = statistics.median(times[0.0]), statistics.median(times[delay_ms])

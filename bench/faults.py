@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realcoco import DEFAULT_SHARED, coco_on_seaweed, require_sample, shard_digests  # noqa: E402
+from realcoco import DEFAULT_SHARED, coco_on_seaweed, require_sample, shard_sha256s  # noqa: E402
 
 CASES = {"none": {}, "503 5%": {"503": 0.05}, "503 5% + reset 1%": {"503": 0.05, "reset": 0.01}}
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
                     for k, v in proxy.injected.items():
                         injected[case][k] = injected[case].get(k, 0) + v
                     requests = proxy.requests
-                sha[name] = shard_digests(s, name)
+                sha[name] = shard_sha256s(s, name)
                 print(f"  round {r}, faults {case}: {n} images in {times[case][-1]:.2f} s, {requests} requests, "
                       f"injected {proxy.injected}", flush=True)
         base = statistics.median(times["none"])

@@ -61,7 +61,7 @@ def coco_on_seaweed(shared: Path, images: int, prefix: str = "mllib-bench-"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def shard_digests(store, name: str, set_name: str = "val") -> list[str]:
+def shard_sha256s(store, name: str, set_name: str = "val") -> list[str]:
     """The sha256 of each shard of a records set, in order (equal lists: byte-identical records)."""
     from mllib.records import read
 
