@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(args, name: str, **kw) -> train.TrainConfig:
-    return train.TrainConfig(trainingset="datasets/coco/annotations/instances_val2017.json",
-                             train_image_path="datasets/coco/val2017", valset="", val_fraction=0.02,
+    return train.TrainConfig(train_annotations="datasets/coco/annotations/instances_val2017.json",
+                             train_image_path="datasets/coco/val2017", val_annotations="", val_fraction=0.02,
                              height=args.height, width=args.width, batch_size=args.batch_size,
                              num_workers=args.workers, epochs=1000, max_steps=args.steps, model_name=name,
                              no_progress=True, checkpoint_minutes=0, metrics_file=str(args.tmp / f"{name}.jsonl"),
@@ -60,9 +60,9 @@ def steady(args, store, every: int, writes: list) -> float:
 
 def sigterm(args, store) -> tuple[float, int, int]:
     """(seconds from SIGTERM to exit, exit status, the checkpoint's step) of network2d.py stopped mid-epoch."""
-    cmd = [sys.executable, str(ROOT / "networks" / "network2d.py"), "--store", store.url, "--trainingset",
+    cmd = [sys.executable, str(ROOT / "networks" / "network2d.py"), "--store", store.url, "--train_annotations",
            "datasets/coco/annotations/instances_val2017.json", "--train_image_path", "datasets/coco/val2017",
-           "--valset", "", "--height", str(args.height), "--width", str(args.width), "--batch_size",
+           "--val_annotations", "", "--height", str(args.height), "--width", str(args.width), "--batch_size",
            str(args.batch_size), "--num_workers", str(args.workers), "--no_progress", "--model_name", "term",
            "--checkpoint_every", "2", "--metrics_file", str(args.tmp / "term.jsonl"), "--log-level", "WARNING"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

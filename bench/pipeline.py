@@ -415,8 +415,8 @@ def cuda_part(store, size, batch, workers, epochs, tmp: Path, variants=("eager",
         return None
     from mllib.training import train
 
-    common = dict(trainingset="datasets/coco/annotations/instances_val2017.json",
-                  train_image_path="datasets/coco/val2017", valset="", val_fraction=0.0, height=size, width=size,
+    common = dict(train_annotations="datasets/coco/annotations/instances_val2017.json",
+                  train_image_path="datasets/coco/val2017", val_annotations="", val_fraction=0.0, height=size, width=size,
                   batch_size=batch, num_workers=workers, amp=True, no_progress=True, step_rate_steps=30,
                   metrics_file=str(tmp / "metrics.jsonl"), epochs=epochs)
     out = {}

@@ -109,10 +109,12 @@ def dtype(name: str, value, kinds: str, wanted: str, also=()):
     return d
 
 
-def setting(default, help: str, *, alias: bool = False, choices=None, check: Check | None = None):
+def setting(default, help: str, *, alias: bool = False, choices=None, check: Check | None = None,
+            old: tuple[str, ...] = ()):
     """A dataclass field that is also a script's flag (mllib.cli.add_settings): its default, help, allowed values
-    (`check`, `choices`) and whether the seed's single-dash spelling (-name) is an alias of --name."""
+    (`check`, `choices`), whether the seed's single-dash spelling (-name) is an alias of --name, and `old` names of
+    the same setting (accepted as --old and -old, in --config files and in checkpoints; help lists the new name)."""
     import dataclasses
 
     return dataclasses.field(default=default, metadata={"help": help, "alias": alias, "choices": choices,
-                                                        "check": check})
+                                                        "check": check, "old": tuple(old)})

@@ -111,6 +111,7 @@ def add_settings(p: argparse.ArgumentParser, cls, title: str | None = None) -> N
     for f in dataclasses.fields(cls):
         meta, kind = f.metadata, hints[f.name]
         names = [f"--{f.name}"] + ([f"-{f.name}"] if meta.get("alias") else [])
+        names += [n for o in meta.get("old", ()) for n in (f"--{o}", f"-{o}")]
         if kind is bool:
             g.add_argument(*names, action="store_true", default=f.default, help=meta.get("help"))
             continue
@@ -160,11 +161,18 @@ def parse_with_config(p: argparse.ArgumentParser, argv=None) -> argparse.Namespa
     known, _ = p.parse_known_args(argv)
     if getattr(known, "config", None):
         data = load_config(known.config)
-        dests = {a.dest for a in p._actions} - {"help", "version", "config", "print_config"}
-        unknown = sorted(set(data) - dests)
+        # a setting by any of its flag's names (an older spelling, such as trainingset for train_annotations, too)
+        dests = {o.lstrip("-"): a.dest for a in p._actions for o in (*a.option_strings, "--" + a.dest)
+                 if a.dest not in ("help", "version", "config", "print_config")}
+        unknown = sorted(set(data) - set(dests))
         if unknown:
             raise UsageError(f"--config {known.config}: no such setting(s): {', '.join(unknown)}")
-        p.set_defaults(**data)
+        named = {}
+        for k, v in data.items():
+            if dests[k] in named:
+                raise UsageError(f"--config {known.config}: {dests[k]} is given twice (as {k} and another name)")
+            named[dests[k]] = v
+        p.set_defaults(**named)
     return p.parse_args(argv)
 
 

@@ -296,11 +296,11 @@ def test_class_weights_from_records_report_and_scan(local_store, tmp_path):
     present = pixels > 0
     assert np.allclose(w[present] * pixels[present] / pixels.sum(), 1 / present.sum(), rtol=1e-5)  # 1 / (C f_c)
     # the same training images from the COCO JSON: a pass over the labels gives the same inverse weights
-    cfg = train.TrainConfig(valset="", class_weights="inverse", val_fraction=0.0)
+    cfg = train.TrainConfig(val_annotations="", class_weights="inverse", val_fraction=0.0)
     train_ds, _ = datasets(cfg, local_store, None, 0, 1)
     scanned = recipe.class_weights(cfg, local_store, train_ds, d).numpy()
     assert np.allclose(scanned, w, rtol=1e-5)
-    med = recipe.class_weights(train.TrainConfig(valset="", class_weights="median", val_fraction=0.0), local_store,
+    med = recipe.class_weights(train.TrainConfig(val_annotations="", class_weights="median", val_fraction=0.0), local_store,
                                train_ds, d).numpy()
     assert np.allclose(med, formulas(*_sums(train_ds))[1], rtol=1e-6)
     report = tmp_path / "check.json"

@@ -93,7 +93,7 @@ def test_trainconfig_checks_what_a_library_caller_gives():
         TrainConfig(height=512, width=8)
 
 
-SEED_ALIASES = ("bucket", "trainingset", "train_image_path", "valset", "val_image_path", "class_dictionary", "height",
+SEED_ALIASES = ("bucket", "train_image_path", "val_image_path", "class_dictionary", "height",
                 "width", "imflags", "batch_size", "epochs", "max_steps", "learning_rate", "num_workers", "device",
                 "amp", "model_name", "resume")
 
@@ -111,15 +111,20 @@ def test_network2d_flags_are_trainconfigs_fields():
         assert f.default is not MISSING and defaults[f.name] == f.default, f.name
         assert f.metadata["help"], f.name
     args = net.parse_args(["-batch_size", "3", "-height", "64", "-amp", "-device", "cpu", "-model_name", "m",
-                           "--checkpoint_minutes", "2.5", "--normalize", "none", "-valset", ""])
+                           "--checkpoint_minutes", "2.5", "--normalize", "none", "-valset", "",
+                           "--trainingset", "a.json"])
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     assert (cfg.batch_size, cfg.height, cfg.amp, cfg.device, cfg.model_name, cfg.checkpoint_minutes, cfg.normalize,
-            cfg.valset) == (3, 64, True, "cpu", "m", 2.5, "none", "")
+            cfg.val_annotations, cfg.train_annotations) == (3, 64, True, "cpu", "m", 2.5, "none", "", "a.json")
     p = net.cli.parser(None)
     net.cli.add_settings(p, TrainConfig)
     spelled = {a.dest: set(a.option_strings) for a in p._actions}
     for name in SEED_ALIASES:
         assert spelled[name] == {f"--{name}", f"-{name}"}, name
+    # the seed's --trainingset / --valset (COCO JSON keys) are older names of --train_annotations / --val_annotations
+    # (a TFRecord set is --records everywhere; segment/'s --trainingset is its alias)
+    for name, old in (("train_annotations", "trainingset"), ("val_annotations", "valset")):
+        assert spelled[name] == {f"--{name}", f"-{name}", f"--{old}", f"-{old}"}, name
     with pytest.raises(SystemExit):
         net.parse_args(["--normalize", "sometimes"])
 

@@ -65,6 +65,10 @@ def test_every_command_answers_help_and_version(command, tmp_path, capsys):
     # each flag's paragraph says its default at most once
     for para in re.split(r"\n  (?=-)", options):
         assert para.count("(default:") <= 1, para
+    # one name listed per flag: older names (--savedmodelname, --trainingset, --valset) are accepted, not listed
+    for para in re.split(r"\n  (?=-)", options):
+        invocation = re.split(r"\s{2,}|\n", para.strip())[0]
+        assert invocation.count("--") <= 1, invocation
     # the seed's single-dash spellings (-store, -trainingset_name) are accepted, not listed
     assert not re.search(r"(^|[\s,\[])-[a-z][a-z_]+", options, re.M), re.findall(r"(?:^|[\s,\[])-[a-z][a-z_]+", options)
 
@@ -172,6 +176,13 @@ def test_training_settings_from_a_config_file_flags_override_and_print_config_re
     (tmp_path / "bad.yaml").write_text("batch_sise: 4\n")
     assert call("mllib-train", ["--config", str(tmp_path / "bad.yaml")]) == cli.EXIT_USAGE
     assert "no such setting(s): batch_sise" in capsys.readouterr().err
+    # a setting under its older name (the seed's trainingset), not twice
+    (tmp_path / "old.yaml").write_text("trainingset: a/train.json\n")
+    assert call("mllib-train", ["--config", str(tmp_path / "old.yaml"), "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train_annotations"] == "a/train.json"
+    (tmp_path / "twice.yaml").write_text("trainingset: a/train.json\ntrain_annotations: b/train.json\n")
+    assert call("mllib-train", ["--config", str(tmp_path / "twice.yaml")]) == cli.EXIT_USAGE
+    assert "train_annotations is given twice" in capsys.readouterr().err
     (tmp_path / "range.json").write_text('{"batch_size": 0}')
     assert call("mllib-train", ["--config", str(tmp_path / "range.json")]) == cli.EXIT_USAGE
     assert "batch_size" in capsys.readouterr().err

@@ -189,13 +189,29 @@ def test_resume_refuses_other_data_crop_batch_or_seed(local_store, tmp_path, cap
     args = flags(local_store, tmp_path, "f", "--epochs", "1", workers=0)
     assert net.main(args) == 0
     for flag, value in [("--height", "48"), ("--batch_size", "4"), ("--seed", "1"),
-                        ("--trainingset", "datasets/coco/annotations/instances_val2017.json")]:
+                        ("--train_annotations", "datasets/coco/annotations/instances_val2017.json"),
+                        ("--trainingset", "datasets/coco/annotations/instances_val2017.json")]:  # its older name
         assert net.main([*args, "--resume", "--epochs", "2", flag, value]) == 2
         err = capsys.readouterr().err
-        assert f"the checkpoint was made with {flag}" in err and "Traceback" not in err, err
+        named = "--train_annotations" if flag == "--trainingset" else flag
+        assert f"the checkpoint was made with {named}" in err and "Traceback" not in err, err
     assert net.main([*args, "--resume", "--epochs", "2", "--num_workers", "1"]) == 0  # workers may change
     with pytest.raises(MllibError, match="--unordered"):
         train.TrainConfig(unordered=True, checkpoint_every=5)
+
+
+def test_a_checkpoint_of_the_older_setting_names_is_read_under_the_new_ones():
+    """Checkpoints written before --trainingset / --valset became --train_annotations / --val_annotations keep their
+    settings: resume compares them, evaluate.py reads the validation data from them."""
+    from mllib.training import evaluate as ev
+
+    older = {"config": {"trainingset": "a/train.json", "valset": "", "height": 64, "width": 64}}
+    with pytest.raises(MllibError, match="--train_annotations 'a/train.json'"):
+        train.check_resumable(train.TrainConfig(height=64, width=64, val_annotations=""), older)
+    train.check_resumable(train.TrainConfig(train_annotations="a/train.json", val_annotations="", height=64,
+                                            width=64), older)
+    cfg, _ = ev.checkpoint_settings(older)
+    assert (cfg.train_annotations, cfg.val_annotations, cfg.height) == ("a/train.json", "", 64)
 
 
 def test_epoch_sampler_continues_the_global_order_on_any_number_of_ranks():

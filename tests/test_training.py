@@ -107,7 +107,7 @@ def test_unordered_loader_gives_the_same_batches(local_store, tmp_path, monkeypa
     put_train_val(local_store, tmp_path, n=8)
     digests = {}
     for unordered in (False, True):
-        cfg = train.TrainConfig(height=32, width=48, batch_size=2, num_workers=2, unordered=unordered, valset="",
+        cfg = train.TrainConfig(height=32, width=48, batch_size=2, num_workers=2, unordered=unordered, val_annotations="",
                                 val_fraction=0.25)
         train_ds, val_ds = data.datasets(cfg, local_store, load("coco"), 0, 1)
         dl, _, val = data.loaders(cfg, train_ds, val_ds, torch.device("cpu"), 0, 1)

@@ -32,8 +32,9 @@ def parse_args(argv=None):
     d = p.add_argument_group("data (default: the validation data the checkpoint was trained with)")
     d.add_argument("--source", default=None, help="a registered name or JSON source entries")
     d.add_argument("--records", type=checks.NAME, default=None, help="a TFRecord set (trainingsets/NAME)")
-    d.add_argument("--valset", default=None, help="a COCO annotation JSON's key (with --val_image_path)")
-    d.add_argument("--val_image_path", default=None, help="key prefix of --valset's images")
+    d.add_argument("--val_annotations", "--valset", default=None,
+                   help="a COCO annotation JSON's key (with --val_image_path; --valset, the seed's name, too)")
+    d.add_argument("--val_image_path", default=None, help="key prefix of --val_annotations' images")
     d.add_argument("--set", default="val", help="the set of --source or --records to evaluate ('' for every entry "
                    "of --source)")
     e = p.add_argument_group("evaluation")
@@ -64,9 +65,9 @@ def _data(args, store, cfg, class_dict, rank, world):
     from mllib.loaders.segdataset import SegmentationDataset
     from mllib.training import evaluate as ev
 
-    given = [f for f in ("source", "records", "valset") if getattr(args, f)]
+    given = [f for f in ("source", "records", "val_annotations") if getattr(args, f)]
     if len(given) > 1:
-        raise UsageError(f"give one of --source, --records, --valset (got {', '.join('--' + g for g in given)})")
+        raise UsageError(f"give one of --source, --records, --val_annotations (got {', '.join('--' + g for g in given)})")
     if args.records:
         return ev.FullRecords(store, args.records, args.set or "val", rank, world), f"{args.records}-{args.set}"
     if args.source:
@@ -77,17 +78,17 @@ def _data(args, store, cfg, class_dict, rank, world):
         ds = SegmentationDataset(st, specs, classes=class_dict, astype="uint8", normalize="none",
                                  label_dtype="uint8", imflags=cfg.imflags)
         return ev.FullImages(ds), (f"{args.source}-{args.set}" if args.set else args.source)
-    if args.valset:
+    if args.val_annotations:
         from dataclasses import replace
 
-        cfg = replace(cfg, valset=args.valset, val_image_path=args.val_image_path or cfg.val_image_path,
+        cfg = replace(cfg, val_annotations=args.val_annotations, val_image_path=args.val_image_path or cfg.val_image_path,
                       source=None, records=None)
     data = ev.eval_data(cfg, store, cfg.class_dictionary, rank, world)
     if data is None:
-        raise UsageError("the checkpoint's configuration has no validation data: give --source, --records or --valset")
+        raise UsageError("the checkpoint's configuration has no validation data: give --source, --records or --val_annotations")
     name = f"{cfg.records}-val" if cfg.records else (f"{cfg.source}-val" if cfg.source else
-                                                      (cfg.valset.rsplit("/", 1)[-1].removesuffix(".json")
-                                                       if cfg.valset else "held-out"))
+                                                      (cfg.val_annotations.rsplit("/", 1)[-1].removesuffix(".json")
+                                                       if cfg.val_annotations else "held-out"))
     return data, name
 
 

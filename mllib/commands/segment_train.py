@@ -1,6 +1,6 @@
 """Train a Keras UNet from a TFRecord training set (made by datasets/cocorecord.py) and save it to the store.
 
-    python3 segment/train.py -trainingset coco -savedmodelname unet --store s3://coco --epochs 10
+    python3 segment/train.py --records coco --model_name unet --store s3://coco --epochs 10
 
 reads trainingsets/coco/*.tfrecord with tf.data, trains, and writes models/unet/model.keras and
 models/unet/training.json; prints "saved unet to s3://coco/models/unet (loss 0.41 after 10 epochs)".
@@ -16,9 +16,9 @@ from mllib import checks, cli
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_store_args(p)
-    p.add_argument("--records", "--trainingset", "-trainingset", dest="trainingset", metavar="NAME", type=checks.NAME, required=True,
+    p.add_argument("--records", "--trainingset", "-trainingset", dest="records", metavar="NAME", type=checks.NAME, required=True,
                    help="the TFRecord training set (trainingsets/<name>; --trainingset, the seed's spelling, too)")
-    p.add_argument("--model_name", "--savedmodelname", "-savedmodelname", dest="savedmodelname", metavar="NAME", type=checks.NAME,
+    p.add_argument("--model_name", "--savedmodelname", "-savedmodelname", dest="model_name", metavar="NAME", type=checks.NAME,
                    default="unet", help="models/<model_name>/ in the store (--savedmodelname, the seed's spelling, too)")
     p.add_argument("--set", default="train", help="which set to train on")
     p.add_argument("--epochs", "-epochs", type=checks.Range(1), default=10)
@@ -38,12 +38,12 @@ def run(args) -> int:
     from mllib.training import tfseg
 
     store = cli.open_store(args)
-    info = tfseg.train(store, args.trainingset, args.savedmodelname, epochs=args.epochs,
+    info = tfseg.train(store, args.records, args.model_name, epochs=args.epochs,
                        batch_size=args.batch_size, height=args.height, width=args.width,
                        learning_rate=args.learning_rate, max_steps=args.max_steps, base=args.model_width,
                        seed=args.seed, set_name=args.set, verbose=0 if args.quiet else 1)
     loss = info["loss"][-1] if info["loss"] else float("nan")
-    print(f"saved {args.savedmodelname} to {store.url_for(tfseg.model_prefix(args.savedmodelname))} "
+    print(f"saved {args.model_name} to {store.url_for(tfseg.model_prefix(args.model_name))} "
           f"(loss {loss:.4f})")
     return 0
 

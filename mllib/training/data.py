@@ -2,8 +2,9 @@
 or the COCO JSON in the store), in the compact form: uint8 images and labels, normalized later on the device.
 
 A records set trains on its "train" set and validates on its "val" set; a source (mllib.sources) trains on its
-entries whose set is not "val" and validates on those that are; a COCO set on --trainingset and --valset; without
-validation entries (or with --valset ''), on a fixed held-out fraction of the training images. A COCO set's training order comes from an
+entries whose set is not "val" and validates on those that are; a COCO set on --train_annotations and
+--val_annotations; without validation entries (or with --val_annotations ''), on a fixed held-out fraction of the
+training images. A COCO set's training order comes from an
 EpochSampler (a pure function of seed, epoch, rank and world size), a records set is split by shards over ranks and
 workers (every rank the same number of samples); either way the data position is what mllib.training.position
 saves in a checkpoint.
@@ -49,9 +50,9 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
     if cfg.source:
         return _source_datasets(cfg, store, class_dict, output)
     common = dict(class_dictionary=class_dict or "coco", s3=store, bucket=cfg.bucket, **output)
-    train = CocoDataset(dataset_desc=cfg.trainingset, image_paths=cfg.train_image_path, seed=cfg.seed, **common)
-    if cfg.valset:
-        val = CocoDataset(dataset_desc=cfg.valset, image_paths=cfg.val_image_path or cfg.train_image_path,
+    train = CocoDataset(dataset_desc=cfg.train_annotations, image_paths=cfg.train_image_path, seed=cfg.seed, **common)
+    if cfg.val_annotations:
+        val = CocoDataset(dataset_desc=cfg.val_annotations, image_paths=cfg.val_image_path or cfg.train_image_path,
                           augment=_augment(False), seed=0, **common)
         return train, val
     return held_out(cfg, train)

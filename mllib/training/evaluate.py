@@ -112,7 +112,7 @@ def eval_loader(data, num_workers: int = 2, rank: int = 0, world: int = 1) -> to
 
 def eval_data(cfg, store, class_dict, rank: int = 0, world: int = 1, val_ds=None):
     """The validation images of a TrainConfig (network2d's data flags) at full resolution: a records set's "val"
-    set, a source's "val" entries, the COCO --valset, or the held-out fraction of the training set. None when the
+    set, a source's "val" entries, the COCO --val_annotations, or the held-out fraction of the training set. None when the
     configuration has no validation data."""
     if cfg.records:
         from mllib.records.read import description
@@ -292,10 +292,10 @@ def checkpoint_settings(ck: dict):
     import dataclasses
 
     from mllib.labels import classes as mclasses
-    from mllib.training.train import TrainConfig
+    from mllib.training.train import TrainConfig, saved_config
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in (ck.get("config") or {}).items() if k in known})
+    cfg = TrainConfig(**{k: v for k, v in saved_config(ck).items() if k in known})
     return cfg, (mclasses.ClassDictionary(ck["classes"]) if ck.get("classes") else mclasses.load("coco"))
 
 

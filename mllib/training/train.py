@@ -60,15 +60,17 @@ class TrainConfig:
     """Everything fit() needs. networks/network2d.py's flags are made from these fields (same names; `alias`: also
     the seed's single-dash spelling), so a default, its help and its range are said once, here."""
 
-    trainingset: str = setting(layout.coco_instances("coco", "train2017"), "key of the training annotation JSON "
-                               "in the store", alias=True)
+    train_annotations: str = setting(layout.coco_instances("coco", "train2017"), "key of the training COCO "
+                                     "annotation JSON in the store (the seed's --trainingset, too)", alias=True,
+                                     old=("trainingset",))
     train_image_path: str = setting(layout.coco_images("coco", "train2017"), "key prefix of the training images",
                                     alias=True)
-    valset: str = setting(layout.coco_instances("coco", "val2017"), "key of the validation annotation JSON ('' = "
-                          "hold out --val_fraction of the training set)", alias=True)
+    val_annotations: str = setting(layout.coco_instances("coco", "val2017"), "key of the validation COCO annotation "
+                                   "JSON ('' = hold out --val_fraction of the training set; the seed's --valset, too)",
+                                   alias=True, old=("valset",))
     val_image_path: str = setting(layout.coco_images("coco", "val2017"), "key prefix of the validation images",
                                   alias=True)
-    val_fraction: float = setting(0.1, "held-out fraction when --valset is ''",
+    val_fraction: float = setting(0.1, "held-out fraction when --val_annotations is ''",
                                   check=Range(0, 1, hi_open=True, real=True))
     bucket: str | None = setting(None, "bucket overriding the store's (as in the seed)", alias=True)
     source: str | None = setting(None, "train from this source instead of the COCO JSON flags: a registered name "
@@ -168,10 +170,19 @@ LIMITS = {f.name: f.metadata["check"] for f in fields(TrainConfig) if f.metadata
 # what a resumed run must share with its checkpoint (the data, its order and the model); anything else may change:
 # --num_workers and the number of ranks (the position is elastic), --epochs, --max_steps, --prefetch, the
 # checkpoint and logging flags, --device, --amp
-RESUME_FIXED = ("trainingset", "train_image_path", "valset", "val_image_path", "val_fraction", "source", "records",
+RESUME_FIXED = ("train_annotations", "train_image_path", "val_annotations", "val_image_path", "val_fraction", "source", "records",
                 "class_dictionary", "height", "width", "imflags", "batch_size", "seed", "skip_bad", "normalize",
                 "model_width", "model_depth", "arch", "backbone", "output_stride", "lr_schedule", "poly_power",
                 "warmup_steps", "weight_decay", "class_weights", "color_jitter")
+
+
+# settings renamed since a checkpoint or --config file may have been written: old name -> this version's
+OLD_NAMES = {o: f.name for f in fields(TrainConfig) for o in f.metadata.get("old", ())}
+
+
+def saved_config(ck: dict) -> dict:
+    """A checkpoint's settings under this version's names (--trainingset became --train_annotations)."""
+    return {OLD_NAMES.get(k, k): v for k, v in (ck.get("config") or {}).items()}
 
 
 def jitter(text: str) -> tuple[float, float, float, float] | None:
@@ -389,7 +400,7 @@ def restore(model: nn.Module, optimizer, scaler, ck: dict) -> tuple[int, int, li
 
 def check_resumable(cfg: TrainConfig, ck: dict) -> None:
     """A checkpoint made on other data, another crop, batch size or seed cannot be continued exactly: refused."""
-    saved = ck.get("config") or {}
+    saved = saved_config(ck)
     for name in RESUME_FIXED:
         if name in saved and saved[name] != getattr(cfg, name):
             raise UsageError(f"--resume: the checkpoint was made with --{name} {saved[name]!r}, this run has "
