@@ -73,12 +73,34 @@ def test_every_command_answers_help_and_version(command, tmp_path, capsys):
     assert not re.search(r"(^|[\s,\[])-[a-z][a-z_]+", options, re.M), re.findall(r"(?:^|[\s,\[])-[a-z][a-z_]+", options)
 
 
-def test_the_installed_console_command_runs():
+def test_the_installed_console_command_runs_the_main_job(tmp_path):
+    """The installed mllib-getcoco (in CI's core venv: from the wheel), run from outside the checkout, downloads a
+    mirror's COCO into a local store: every object, and a re-run that has nothing to do."""
     exe = Path(sys.executable).with_name("mllib-getcoco")
     if not exe.exists():
         pytest.skip("the package is not installed in this environment (pip install -e .)")
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("mllib-getcoco (mllib) ")
+    site = tmp_path / "site"
+    contents = make_coco_zips(site)
+    away = tmp_path / "elsewhere"  # not the checkout: the installed package is what runs
+    away.mkdir()
+    with Mirror(site) as m:
+        argv = [str(exe), "--base_url", m.url, "--checksums", str(site / "checksums.tsv"), "--no_progress",
+                "--files", ",".join(contents)]  # what the mirror has
+        r = subprocess.run(argv, cwd=away, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        again = subprocess.run(argv, cwd=away, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    from mllib import store
+
+    st = store.connect(str(away / "store"))  # the default local store, ./store
+    for name, members in contents.items():
+        for path, data in members.items():
+            assert st.get_bytes(f"datasets/coco/{path}") == data, (name, path)
+    n = len(contents)
+    assert f"{n} files (0 already done)" in r.stdout and f"{n} files ({n} already done)" in again.stdout, again.stdout
+    assert "0 objects stored" in again.stdout
 
 
 def test_a_seed_alias_still_works(local_store, capsys):
