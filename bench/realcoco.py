@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -66,3 +67,65 @@ def shard_sha256s(store, name: str, set_name: str = "val") -> list[str]:
     from mllib.records import read
 
     return [x["sha256"] for x in read.description(store, name)["sets"][set_name]["shards"]]
+
+
+def _tasks(pid: int) -> list[int]:
+    """The thread ids of process `pid` and of the processes in its process group."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return []
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == group]
+    return [int(t) for p in pids for t in _listdir(f"/proc/{p}/task")]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _pin(tids, cpus) -> None:
+    for t in tids:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(t, cpus)
+
+
+def server_cpu_s(server) -> float:
+    """CPU seconds (user + system) the server's processes have used so far."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    group = _pgid(server.proc.pid)
+    for p in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        if _pgid(p) == group:
+            with contextlib.suppress(OSError, IndexError):
+                f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+                total += int(f[11]) + int(f[12])
+    return total / tick
+
+
+@contextlib.contextmanager
+def store_cpu(server, placement: str):
+    """Where the S3 server runs while the block runs. "own": its threads on the last CPU, this process's threads
+    (and so the workers and commands started from here) on the others, as a store on machines of its own would be:
+    its CPU is not the readers'. "shared": everything on every CPU (the server takes the readers' CPU: on a 2-core
+    machine each GET's server work is the readers' loss). Yields the placement in words."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if placement == "shared" or len(cpus) < 2:
+        yield f"S3 server and readers share {len(cpus)} CPUs"
+        return
+    mine = [int(t) for t in os.listdir("/proc/self/task")]
+    _pin(_tasks(server.proc.pid), {cpus[-1]})
+    _pin(mine, set(cpus[:-1]))
+    try:
+        yield f"S3 server on CPU {cpus[-1]}, readers on {len(cpus) - 1} CPU(s) of their own"
+    finally:
+        _pin(_tasks(server.proc.pid), set(cpus))
+        _pin([int(t) for t in os.listdir("/proc/self/task")], set(cpus))

@@ -2,10 +2,16 @@
 checkdataset's label rate; SeaweedFS on 127.0.0.1, ratios measured in one run.
 
     python3 bench/sources.py [--shared ../shared/data] [--copies 4] [--rounds 3] [--latency_ms 30]
+                             [--placement own,shared]
 
 The real COCO val2017 sample (50 images) `copies` times into datasets/coco/ (COCO JSON) and, as a folder source,
 the same images under datasets/own/images/ with their labels (rendered once from the annotations through coco.json)
 as PNGs of trainIds under datasets/own/masks/ (an identity dictionary). Then, in alternating rounds (medians):
+
+Parts 1 and 2 run with SeaweedFS on a CPU of its own (`own`: the readers on the others, as a store on machines of
+its own; the goals' setting) and sharing the readers' CPUs (`shared`). A folder source reads two objects per image
+(image and label) where COCO reads one; on `shared` every GET's server work (about 1.5 ms of CPU on SeaweedFS) is
+taken from the two readers, and part 1 prints the server's CPU per sample beside the ratio.
 
   1. SegmentationDataset over the folder vs CocoDataset over COCO: samples/s of ds.loader(batch 8, 2 workers),
      512x512, full augmentation, float32 (goal >= 0.95x)
@@ -28,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from realcoco import DEFAULT_SHARED, put_repeated, require_sample
+from realcoco import DEFAULT_SHARED, put_repeated, require_sample, server_cpu_s, store_cpu
 
 from mllib import images
 from mllib import store as mstore
@@ -144,6 +150,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency_ms", type=float, default=30.0)
     p.add_argument("--skip", default="", help="comma-separated parts to leave out: dataset,convert,latency,check")
+    p.add_argument("--placement", default="own,shared",
+                   help="where SeaweedFS runs for parts 1 and 2: own (its own CPU, the readers on the others, as a "
+                        "store on its own machines), shared (the readers' CPUs), or both in turn")
     args = p.parse_args(argv)
     if not require_sample(args.shared):
         return 1
@@ -161,24 +170,32 @@ def main(argv=None) -> int:
             n = put_repeated(s, args.shared, args.copies)
             make_folder(s)
             print(f"{n} real images as COCO JSON and as a folder source in SeaweedFS (127.0.0.1)")
-            if "dataset" not in skip:
-                rates = {"coco": [], "folder": []}
-                for r in range(args.rounds):
-                    for kind, make in (("coco", coco_ds), ("folder", folder_ds)):
-                        rates[kind].append(loader_rate(make(s)))
-                        print(f"  round {r}: {kind}: {rates[kind][-1]:.1f} samples/s")
-                ratio = med(rates["folder"]) / med(rates["coco"])
-                print(f"1. SegmentationDataset(folder) vs CocoDataset, loader(8, 2), 512x512, augmented, float32: "
-                      f"{med(rates['folder']):.1f} vs {med(rates['coco']):.1f} samples/s = {ratio:.2f}x (goal >= 0.95)")
-            if "convert" not in skip:
-                rates = {"coco": [], "folder": []}
-                for r in range(args.rounds):
-                    for kind, spec in (("coco", COCO), ("folder", FOLDER)):
-                        rates[kind].append(conversion_rate(s, spec, f"{kind}{r}"))
-                        print(f"  round {r}: {kind}: {rates[kind][-1]:.1f} images/s")
-                ratio = med(rates["folder"]) / med(rates["coco"])
-                print(f"2. conversion --jobs 2 of the folder vs COCO: {med(rates['folder']):.1f} vs "
-                      f"{med(rates['coco']):.1f} images/s = {ratio:.2f}x (goal >= 1.0 within noise)")
+            for placement in args.placement.split(","):
+                with store_cpu(server, placement) as where:
+                    print(f"placement {placement}: {where}")
+                    if "dataset" not in skip:
+                        rates, cpu = {"coco": [], "folder": []}, {"coco": [], "folder": []}
+                        for r in range(args.rounds):
+                            for kind, make in (("coco", coco_ds), ("folder", folder_ds)):
+                                ds, c0 = make(s), server_cpu_s(server)
+                                rates[kind].append(loader_rate(ds))
+                                cpu[kind].append((server_cpu_s(server) - c0) / (3 * len(ds)))  # 3 epochs read
+                                print(f"  round {r}: {kind}: {rates[kind][-1]:.1f} samples/s, S3 server "
+                                      f"{1000 * cpu[kind][-1]:.2f} ms CPU per sample")
+                        ratio = med(rates["folder"]) / med(rates["coco"])
+                        print(f"1. [{placement}] SegmentationDataset(folder) vs CocoDataset, loader(8, 2), 512x512, "
+                              f"augmented, float32: {med(rates['folder']):.1f} vs {med(rates['coco']):.1f} samples/s "
+                              f"= {ratio:.2f}x (goal >= 0.95); the S3 server's CPU per sample (its 2 GETs vs 1): "
+                              f"{1000 * med(cpu['folder']):.2f} vs {1000 * med(cpu['coco']):.2f} ms")
+                    if "convert" not in skip:
+                        rates = {"coco": [], "folder": []}
+                        for r in range(args.rounds):
+                            for kind, spec in (("coco", COCO), ("folder", FOLDER)):
+                                rates[kind].append(conversion_rate(s, spec, f"{kind}{placement}{r}"))
+                                print(f"  round {r}: {kind}: {rates[kind][-1]:.1f} images/s")
+                        ratio = med(rates["folder"]) / med(rates["coco"])
+                        print(f"2. [{placement}] conversion --jobs 2 of the folder vs COCO: {med(rates['folder']):.1f} "
+                              f"vs {med(rates['coco']):.1f} images/s = {ratio:.2f}x (goal >= 1.0 within noise)")
             if "latency" not in skip:
                 host, port = server.endpoint.split("//")[1].split(":")
                 rates: dict[tuple, list[float]] = {}
