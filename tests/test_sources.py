@@ -61,6 +61,10 @@ def test_folder_labels_exact_in_records_and_samples(any_store, mode):
     assert set(labels) == set(truth)
     for stem, ids in truth.items():
         assert np.array_equal(labels[stem], expected(ids)), stem
+    # the description's pixels per trainId (counted from each label's value histogram) match a count of the truth
+    want = np.bincount(np.concatenate([expected(ids).ravel() for ids in truth.values()]), minlength=256)
+    desc = records.description(any_store, "t")
+    assert desc["sets"]["train"]["pixels"] == {str(k): int(v) for k, v in enumerate(want) if v}
     ds = SegmentationDataset(any_store, FOLDER, height=40, width=56, enable_transform=False, seed=0)
     assert len(ds) == 5 and ds.classes.classes == 3
     for i in range(len(ds)):
@@ -313,3 +317,22 @@ def test_conversion_workers_take_the_folder_listing_instead_of_listing_again(loc
     w = Worker(local_store, specs, None, "class", False, shipped)
     rec, counts, skipped = w.example(0, 0)
     assert rec is not None and skipped is None
+
+
+@pytest.mark.parametrize("mode, offset", [("P", 0), ("L", 1), ("I;16", 1), ("I;16", 0), ("RGB", 0)])
+def test_label_counts_from_the_value_histogram_equal_a_count_of_the_trainids(mode, offset):
+    """What a conversion counts per trainId, taken from the histogram the unmapped check made (shifted for
+    COCO-Stuff-style "id - 1" labels), equals a count of the trainIds' pixels."""
+    from mllib.labels import classes
+    from mllib.sources.base import ColorTable, LabelReader
+
+    d = classes.ClassDictionary(OWN)
+    rng = np.random.default_rng(7)
+    ids = rng.choice([o["id"] for o in OWN["objects"] if o["id"] >= offset], size=(37, 53)).astype(np.uint8)
+    if offset:  # stored as id - 1, 255 for unlabeled (ignore, kept)
+        ids = np.where(rng.random(ids.shape) < 0.1, 255, ids.astype(np.int64) - 1).astype(np.uint8)
+    reader = LabelReader(d, "color" if mode == "RGB" else "index", ColorTable.of_dictionary(d), offset=offset)
+    train, counts = reader.train_ids_counts(png(ids, mode), "k.png", ids.shape)
+    assert np.array_equal(train, reader.train_ids(png(ids, mode), "k.png", ids.shape))
+    assert np.array_equal(counts, np.bincount(train.ravel(), minlength=256))
+    assert counts.sum() == ids.size and len(counts) == 256

@@ -76,12 +76,11 @@ class Worker:
         except images.ImageError as err:
             return None, None, {"key": img_key, "reason": f"corrupt image: {err}"}
         try:
-            label = src.label(row, h, w, where, fetched)
+            label, counts = src.label_counts(row, h, w, where, fetched)
         except (labels.LabelError, images.ImageError) as err:
             if not self.skip_bad:
                 raise
             return None, None, {"key": img_key, "reason": str(err)}
-        counts = labels.pixel_counts(label)
         rec = tfrecord.encode_example(schema.example(
             image=img, fmt=fmt, height=h, width=w, label_png=images.encode_label_png(label),
             classes=(counts[: self.classes.classes] > 0).astype(np.float32).tolist(),

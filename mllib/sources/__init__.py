@@ -224,6 +224,10 @@ class Concat(Source):
         p, r = self._at(row)
         return p.label(r, h, w, where, fetched)
 
+    def label_counts(self, row, h, w, where, fetched=None):
+        p, r = self._at(row)
+        return p.label_counts(r, h, w, where, fetched)
+
     def inspect(self, row, fetched, hw):
         p, r = self._at(row)
         return p.inspect(r, fetched, hw)

@@ -31,7 +31,7 @@ import numpy as np
 
 from mllib import MllibError, images, layout
 from mllib.labels import classes as mclasses
-from mllib.labels.render import LabelError
+from mllib.labels.render import LabelError, pixel_counts
 from mllib.store import NotFound, Store
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,14 @@ class Source:
     def label(self, row: int, h: int, w: int, where: str, fetched: dict | None = None) -> np.ndarray:
         raise NotImplementedError
 
+    def label_counts(self, row: int, h: int, w: int, where: str, fetched: dict | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(label(...), its pixels per trainId (256 int64)), what a conversion writes and counts. A type whose
+        label reader has counted the values on the way gives the counts from those (256 sums), not another pass
+        over the pixels."""
+        label = self.label(row, h, w, where, fetched)
+        return label, pixel_counts(label)
+
     def inspect(self, row: int, fetched: dict, hw: tuple[int, int] | None) -> dict:
         """{"train": trainId pixel counts (256), "values": {unmapped value: pixels}, "binary": bool} of the item's
         label, or LabelError; `hw` is the image's size when known (a mismatch is a LabelError)."""
@@ -385,14 +393,10 @@ def shift_table(n: int, offset: int, keep: int) -> np.ndarray:
 
 
 def value_counts(ids: np.ndarray) -> np.ndarray:
-    """Pixels per value of an index label (256 entries for uint8, 65536 for uint16). uint8 through OpenCV's
-    histogram: np.bincount casts every pixel to int64 first, ~10x slower."""
-    if ids.dtype == np.uint8 and ids.ndim == 2:
-        import cv2
-
-        hist = cv2.calcHist([np.ascontiguousarray(ids)], [0], None, [256], [0, 256])
-        return hist.ravel().astype(np.int64)
-    return np.bincount(ids.ravel(), minlength=256 if ids.dtype == np.uint8 else 65536)
+    """Pixels per value of an index label (256 entries for uint8, 65536 for uint16)."""
+    if ids.dtype == np.uint8:
+        return pixel_counts(ids)
+    return np.bincount(ids.ravel(), minlength=65536)
 
 
 def train_counts(counts: np.ndarray, d: mclasses.ClassDictionary) -> np.ndarray:
@@ -504,14 +508,19 @@ class LabelReader:
         return arr, unmapped_values(counts, self.d), False, is_binary_mask(counts, self.d), counts
 
     def train_ids(self, data: bytes, key: str, hw: tuple[int, int] | None) -> np.ndarray:
-        ids, bad, colour, binary, _ = self.ids(data, key)
+        return self.train_ids_counts(data, key, hw)[0]
+
+    def train_ids_counts(self, data: bytes, key: str, hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(trainIds, pixels per trainId): the counts from the values' histogram that the unmapped check made."""
+        ids, bad, colour, binary, counts = self.ids(data, key)
         check_shape(ids, key, hw)
         if bad:
             raise UnmappedLabel(unmapped_message(key, self.d, bad, colour), bad)
         if binary and not self.binary_warned:
             self.binary_warned = True
             log.warning("%s", binary_warning(key, self.d))
-        return map_ids(ids, self.lut if ids.dtype == np.uint8 else self.d.lut)
+        train = map_ids(ids, self.lut if ids.dtype == np.uint8 else self.d.lut)
+        return train, (pixel_counts(train) if counts is None else train_counts(counts, self.d))
 
 
 def map_ids(ids: np.ndarray, lut: np.ndarray) -> np.ndarray:

@@ -186,6 +186,10 @@ class FolderSource(Source):
         key, data = self._label_bytes(row, fetched)
         return self.reader.train_ids(data, key, (h, w))
 
+    def label_counts(self, row: int, h: int, w: int, where: str, fetched: dict | None = None):
+        key, data = self._label_bytes(row, fetched)
+        return self.reader.train_ids_counts(data, key, (h, w))
+
     def inspect(self, row: int, fetched: dict, hw: tuple[int, int] | None) -> dict:
         key, data = self._label_bytes(row, fetched)
         ids, bad, colour, binary, counts = self.reader.ids(data, key)
