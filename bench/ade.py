@@ -2,6 +2,7 @@
 images, and peak memory at two sizes.
 
     python3 bench/ade.py [--train 20210] [--val 2000] [--small 0.1] [--shared ../shared/data] [--jobs 2]
+                         [--placement shared,own]
 
 Builds, from the real images of ../shared/data/coco-real under new names, an ADEChallengeData2016.zip in ADE20K's
 layout (labels: index PNGs 0..150 drawn from each image's real COCO annotations, category id -> 1..150) and, of the
@@ -10,7 +11,9 @@ same images, a COCO mirror (bench/scale.py's); serves both on 127.0.0.1, starts 
   ade cocorecord       cocorecord.py --dataset ade20k --jobs 2, at --small of the size and at the full size
   coco cocorecord      getcoco.py then cocorecord.py --jobs 2 of the same images as COCO (JSON rendered)
 and prints per stage time, images/s and the peak memory of its process tree, then the goals: ADE20K's conversion
-per image no slower than COCO's (ratio >= 1.0), and peak memory flat with size (full / small <= 1.25).
+per image no slower than COCO's (ratio >= 1.0), and peak memory flat with size (full / small <= 1.25). The
+full-size conversions run once per --placement: SeaweedFS sharing the converters' CPUs, and on a CPU of its own
+(ADE20K reads two objects per image, COCO one: on shared CPUs the server's work for each GET is the converters').
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from realcoco import DEFAULT_SHARED, require_sample
+from realcoco import DEFAULT_SHARED, require_sample, store_cpu
 from scale import ROOT, build_mirror, stage
 
 
@@ -87,6 +90,10 @@ def main() -> int:
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--placement", default="shared,own",
+                    help="where SeaweedFS runs during the full-size conversions: shared (the converters' CPUs), own "
+                         "(a CPU of its own, the converters on the others, as a store on machines of its own), or "
+                         "both in turn")
     args = ap.parse_args()
     if not require_sample(args.shared):
         return 1
@@ -104,6 +111,12 @@ def main() -> int:
               flush=True)
 
     server = SeaweedS3(tmp / "weed", volume_size_mb=1024, volumes=40).start()
+    placements = args.placement.split(",")
+
+    def convert(label, cmd, n):
+        secs, peak, text = stage(cmd, env)
+        report(label, secs, peak, n, text.strip().splitlines()[-1][:90])
+
     try:
         with server.environment():
             env = dict(os.environ)
@@ -122,10 +135,8 @@ def main() -> int:
                     report(f"getdataset ade20k {bucket}", secs, peak, nt + nv)
                 finally:
                     mirror.kill()
-                secs, peak, text = stage([sys.executable, str(ROOT / "datasets" / "cocorecord.py"),
-                                          "-trainingset_name", "ade", "--dataset", "ade20k", "--store",
-                                          f"s3://{bucket}", "--jobs", str(args.jobs), "--no_progress"], env)
-                report(f"ade cocorecord {bucket}", secs, peak, nt + nv, text.strip().splitlines()[-1][:90])
+                if bucket == "small":
+                    convert("ade cocorecord small", ade_cmd("small", "ade", args.jobs), nt + nv)
 
             server.create_bucket("coco")
             build_mirror(real, tmp / "coco-site", args.train, args.val)
@@ -138,21 +149,34 @@ def main() -> int:
                 report("getcoco (same images)", secs, peak, n_all)
             finally:
                 mirror.kill()
-            secs, peak, text = stage([sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name",
-                                      "coco", "--store", "s3://coco", "--jobs", str(args.jobs), "--no_progress"], env)
-            report("coco cocorecord", secs, peak, n_all, text.strip().splitlines()[-1][:90])
+            for k, placement in enumerate(placements):  # the order alternates: a drift favours neither side
+                with store_cpu(server, placement) as where:
+                    print(f"placement {placement}: {where}", flush=True)
+                    runs = [("ade", ade_cmd("full", f"ade-{placement}", args.jobs)),
+                            ("coco", [sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name",
+                                      f"coco-{placement}", "--store", "s3://coco", "--jobs", str(args.jobs),
+                                      "--no_progress"])]
+                    for kind, cmd in (runs if k % 2 == 0 else runs[::-1]):
+                        convert(f"{kind} cocorecord {placement}", cmd, n_all)
     finally:
         server.stop()
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    ade, coco = rows["ade cocorecord full"], rows["coco cocorecord"]
-    ratio = (ade[2] / ade[0]) / (coco[2] / coco[0])
-    print(f"ADE20K conversion per image vs COCO's, {n_all:,} images: {ratio:.2f}x images/s (goal >= 1.0)")
-    sm = rows["ade cocorecord small"]
+    for placement in placements:
+        ade, coco = rows[f"ade cocorecord {placement}"], rows[f"coco cocorecord {placement}"]
+        ratio = (ade[2] / ade[0]) / (coco[2] / coco[0])
+        print(f"[{placement}] ADE20K conversion per image vs COCO's, {n_all:,} images: {ratio:.2f}x images/s "
+              "(goal >= 1.0)")
+    ade, sm = rows[f"ade cocorecord {placements[0]}"], rows["ade cocorecord small"]
     print(f"ADE20K conversion peak memory, {n_all:,} vs {sum(small):,} images: {ade[1] / 1e9:.2f} vs "
           f"{sm[1] / 1e9:.2f} GB, {ade[1] / sm[1]:.2f}x (goal <= 1.25: flat with size)")
     return 0
+
+
+def ade_cmd(bucket: str, name: str, jobs: int) -> list[str]:
+    return [sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name", name, "--dataset",
+            "ade20k", "--store", f"s3://{bucket}", "--jobs", str(jobs), "--no_progress"]
 
 
 if __name__ == "__main__":
