@@ -1,5 +1,5 @@
 """Benchmark: a folder source against COCO on the same real images, the documented loader call behind latency, and
-checkdataset's label rate; SeaweedFS on 127.0.0.1, ratios measured in one run.
+checkdataset's label rate; SeaweedFS on 127.0.0.1, ratios measured in one run (rounds in alternating order).
 
     python3 bench/sources.py [--shared ../shared/data] [--copies 4] [--rounds 3] [--latency_ms 30]
                              [--placement own,shared]
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
                     print(f"placement {placement}: {where}")
                     if "dataset" not in skip:
                         rates, cpu = {"coco": [], "folder": []}, {"coco": [], "folder": []}
-                        for r in range(args.rounds):
-                            for kind, make in (("coco", coco_ds), ("folder", folder_ds)):
+                        for r in range(args.rounds):  # the order alternates: a drift favours neither side
+                            for kind, make in (("coco", coco_ds), ("folder", folder_ds))[::1 if r % 2 == 0 else -1]:
                                 ds, c0 = make(s), server_cpu_s(server)
                                 rates[kind].append(loader_rate(ds))
                                 cpu[kind].append((server_cpu_s(server) - c0) / (3 * len(ds)))  # 3 epochs read
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
                     if "convert" not in skip:
                         rates = {"coco": [], "folder": []}
                         for r in range(args.rounds):
-                            for kind, spec in (("coco", COCO), ("folder", FOLDER)):
+                            for kind, spec in (("coco", COCO), ("folder", FOLDER))[::1 if r % 2 == 0 else -1]:
                                 rates[kind].append(conversion_rate(s, spec, f"{kind}{placement}{r}"))
                                 print(f"  round {r}: {kind}: {rates[kind][-1]:.1f} images/s")
                         ratio = med(rates["folder"]) / med(rates["coco"])
