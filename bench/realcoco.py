@@ -69,28 +69,23 @@ def shard_sha256s(store, name: str, set_name: str = "val") -> list[str]:
     return [x["sha256"] for x in read.description(store, name)["sets"][set_name]["shards"]]
 
 
-def _tasks(pid: int) -> list[int]:
-    """The thread ids of process `pid` and of the processes in its process group."""
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return []
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == group]
-    return [int(t) for p in pids for t in _listdir(f"/proc/{p}/task")]
+def _server_pids(server) -> list[int]:
+    """The server's processes: its process group (SeaweedS3 starts it in a session of its own)."""
+    group, out = server.proc.pid, []
+    for p in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(p) == group:
+                out.append(p)
+    return out
 
 
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
+def _tasks(pids) -> list[int]:
+    """The thread ids of these processes."""
+    out = []
+    for p in pids:
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            out += [int(t) for t in os.listdir(f"/proc/{p}/task")]
+    return out
 
 
 def _pin(tids, cpus) -> None:
@@ -101,14 +96,12 @@ def _pin(tids, cpus) -> None:
 
 def server_cpu_s(server) -> float:
     """CPU seconds (user + system) the server's processes have used so far."""
-    total, tick = 0, os.sysconf("SC_CLK_TCK")
-    group = _pgid(server.proc.pid)
-    for p in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-        if _pgid(p) == group:
-            with contextlib.suppress(OSError, IndexError):
-                f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-                total += int(f[11]) + int(f[12])
-    return total / tick
+    total = 0
+    for p in _server_pids(server):
+        with contextlib.suppress(OSError, IndexError):
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -121,14 +114,12 @@ def store_cpu(server, placement: str):
     if placement == "shared" or len(cpus) < 2:
         yield f"S3 server and readers share {len(cpus)} CPUs"
         return
-    mine = [int(t) for t in os.listdir("/proc/self/task")]
-    _pin(_tasks(server.proc.pid), {cpus[-1]})
-    _pin(mine, set(cpus[:-1]))
+    _pin(_tasks(_server_pids(server)), {cpus[-1]})
+    _pin(_tasks([os.getpid()]), set(cpus[:-1]))
     try:
         yield f"S3 server on CPU {cpus[-1]}, readers on {len(cpus) - 1} CPU(s) of their own"
     finally:
-        _pin(_tasks(server.proc.pid), set(cpus))
-        _pin([int(t) for t in os.listdir("/proc/self/task")], set(cpus))
+        _pin(_tasks(_server_pids(server) + [os.getpid()]), set(cpus))
 
 
 def cold_cache() -> bool:

@@ -89,10 +89,13 @@ def folder_ds(s, **kw):
     return SegmentationDataset(s, FOLDER, 512, 512, seed=0, **kw)
 
 
-def epoch_rate(ds, loader, epochs: int = 2) -> float:
-    """samples/s over `epochs` epochs after one warm-up epoch (workers started, connections open)."""
+EPOCHS = 2  # measured, after one warm-up epoch
+
+
+def epoch_rate(ds, loader) -> float:
+    """samples/s over EPOCHS epochs after one warm-up epoch (workers started, connections open)."""
     n = 0
-    for e in range(epochs + 1):
+    for e in range(EPOCHS + 1):
         if e == 1:
             t0 = time.perf_counter()
         ds.set_epoch(e)
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
                             for kind, make in (("coco", coco_ds), ("folder", folder_ds))[::1 if r % 2 == 0 else -1]:
                                 ds, c0 = make(s), server_cpu_s(server)
                                 rates[kind].append(loader_rate(ds))
-                                cpu[kind].append((server_cpu_s(server) - c0) / (3 * len(ds)))  # 3 epochs read
+                                cpu[kind].append((server_cpu_s(server) - c0) / ((EPOCHS + 1) * len(ds)))
                                 print(f"  round {r}: {kind}: {rates[kind][-1]:.1f} samples/s, S3 server "
                                       f"{1000 * cpu[kind][-1]:.2f} ms CPU per sample")
                         ratio = med(rates["folder"]) / med(rates["coco"])

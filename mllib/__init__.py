@@ -6,6 +6,7 @@ for tests and benchmarks); cli (the scripts' flags). README.md's "Development" s
 """
 
 __version__ = "0.2.0"
+VERSION = f"%(prog)s (mllib) {__version__}"  # what --version prints, in every command (argparse fills in %(prog)s)
 
 
 class MllibError(Exception):

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from mllib import EXTRAS, MissingExtra, MllibError, UsageError  # noqa: F401 - cli.UsageError for the commands
+from mllib import EXTRAS, VERSION, MissingExtra, MllibError, UsageError  # noqa: F401 - cli.UsageError for commands
 from mllib.checks import Range
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         return super()._format_action_invocation(listed)
 
 
-def version() -> str:
-    from mllib import __version__
-
-    return __version__
-
-
 def parser(description: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=Formatter)
-    p.add_argument("--version", action="version", version=f"%(prog)s (mllib) {version()}")
+    p.add_argument("--version", action="version", version=VERSION)
     return p
 
 
@@ -227,6 +221,7 @@ EXIT_USAGE = 2  # a bad flag or value (argparse's status, and mllib.UsageError)
 EXIT_TEMPORARY = 75  # the network or the store unavailable after retries, preempted training: re-run later
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
+
 def run(main: Callable[[], int], prog: str | None = None) -> int:
     """Run a command's body: an error is one line on stderr and the exit status of its class (EXIT_*), no
     traceback."""
@@ -235,7 +230,7 @@ def run(main: Callable[[], int], prog: str | None = None) -> int:
         return int(main() or 0)
     except MllibError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_status", EXIT_FAILED)
+        return e.exit_status
     except ModuleNotFoundError as e:  # an extra that is not installed: which one to install
         module = (e.name or "").split(".")[0]
         if module not in EXTRAS:

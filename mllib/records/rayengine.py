@@ -21,6 +21,7 @@ from mllib import MissingExtra, MllibError, UsageError
 
 log = logging.getLogger(__name__)
 
+
 def _ray():
     try:
         import ray

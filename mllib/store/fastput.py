@@ -3,8 +3,8 @@ request.
 
 botocore spends most of a small request's time in its own request machinery; signing the request here (SigV4 with
 the day's signing key kept, `Signer`) and sending it over the bucket's urllib3 connection pool gives more objects/s
-for dataset-sized objects, and less CPU per GET for the readers of a dataset (bench/store.py, bench/sources.py). It only ever takes the simple case: any non-200 answer or transport error returns False (None
-for a GET) and the caller repeats the request through boto3, which retries and explains the error (a missing key
+for dataset-sized objects, and less CPU per GET for the readers of a dataset (bench/store.py, bench/sources.py). It
+only ever takes the simple case: any non-200 answer or transport error returns False (None for a GET) and the caller repeats the request through boto3, which retries and explains the error (a missing key
 included). It turns itself off after 3 consecutive failures, and MLLIB_FAST_PUT=0 (or S3Store(fast_put=False))
 turns it off from the start.
 """
@@ -79,10 +79,9 @@ class _Conn:
     def __post_init__(self):
         self.signer = Signer(self.region)
         u = urlsplit(self.base_url)
-        default = {"http": 80, "https": 443}.get(u.scheme)
-        self.host = u.hostname + (f":{u.port}" if u.port and u.port != default else "")
-        if ":" in (u.hostname or ""):  # an IPv6 literal
-            self.host = f"[{u.hostname}]" + (f":{u.port}" if u.port and u.port != default else "")
+        self.host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname  # an IPv6 literal in brackets
+        if u.port and u.port != {"http": 80, "https": 443}.get(u.scheme):
+            self.host += f":{u.port}"
         self.bucket_pool = self.pool.connection_from_url(self.base_url)
 
 
@@ -132,7 +131,7 @@ class FastPut:
         data = None
         try:
             c = self._conn.get()
-            path = self._path(full_key)
+            path = self._path(c, full_key)
             headers = c.signer.headers(c.credentials.get_frozen_credentials(), "GET", c.host, path, _EMPTY_SHA256)
             r = c.bucket_pool.urlopen("GET", path, headers=headers, retries=False, redirect=False,
                                       preload_content=True)
@@ -146,14 +145,14 @@ class FastPut:
             self._failures = 0 if data is not None else self._failures + 1
         return data
 
-    def _path(self, full_key: str) -> str:
+    def _path(self, c: _Conn, full_key: str) -> str:
         """The request's path, URI-encoded once as S3 signs it ('/' kept): /KEY on a virtual-hosted endpoint (AWS),
         /BUCKET/KEY on a path-style one."""
         path = "/" + quote(full_key, safe="/~")
-        return path if self._conn.get().virtual_hosted else f"/{self.store.bucket}{path}"
+        return path if c.virtual_hosted else f"/{self.store.bucket}{path}"
 
     def _send(self, c: _Conn, full_key: str, body: bytes) -> bool:
-        path = self._path(full_key)
+        path = self._path(c, full_key)
         extra = {"Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(),
                  "Content-Type": "application/octet-stream"}
         headers = c.signer.headers(c.credentials.get_frozen_credentials(), "PUT", c.host, path,

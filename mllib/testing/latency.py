@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 
+from mllib import VERSION
 from mllib.checks import Range
 
 FAULTS = ("503", "429", "reset")
@@ -208,7 +209,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"%(prog)s (mllib) {__import__('mllib').__version__}")
+    p.add_argument("--version", action="version", version=VERSION)
     p.add_argument("--target", required=True, type=_host_port, help="HOST:PORT to forward to (an S3 endpoint on this machine)")
     p.add_argument("--delay_ms", type=Range(0, 600_000, real=True), default=30.0, help="delay added to each request")
     p.add_argument("--port", type=Range(0, 65535), default=0, help="port to listen on, on 127.0.0.1 (0: a free one)")

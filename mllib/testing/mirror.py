@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from mllib import VERSION
 from mllib.checks import Range
 
 
@@ -234,7 +235,7 @@ class Mirror:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"%(prog)s (mllib) {__import__('mllib').__version__}")
+    p.add_argument("--version", action="version", version=VERSION)
     p.add_argument("root", help="directory to serve")
     p.add_argument("--port", type=Range(0, 65535), default=8000)
     p.add_argument("--rate", type=Range(1), default=None, help="throttle each response to this many bytes/s")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mllib import MllibError
+from mllib import VERSION, MllibError
 
 
 def free_port() -> int:
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Its master, volume and filer ports are unauthenticated and bound to "
                                 "127.0.0.1 only; only the S3 port checks keys.")
-    p.add_argument("--version", action="version", version=f"%(prog)s (mllib) {__import__('mllib').__version__}")
+    p.add_argument("--version", action="version", version=VERSION)
     p.add_argument("--dir", default=None, help="data directory, created 0700 (default: a temporary one, removed at "
                    "exit)")
     p.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")

@@ -50,7 +50,8 @@ def datasets(cfg, store: Store, class_dict, rank: int, world: int):
     if cfg.source:
         return _source_datasets(cfg, store, class_dict, output)
     common = dict(class_dictionary=class_dict or "coco", s3=store, bucket=cfg.bucket, **output)
-    train = CocoDataset(dataset_desc=cfg.train_annotations, image_paths=cfg.train_image_path, seed=cfg.seed, **common)
+    train = CocoDataset(dataset_desc=cfg.train_annotations, image_paths=cfg.train_image_path, seed=cfg.seed,
+                        **common)
     if cfg.val_annotations:
         val = CocoDataset(dataset_desc=cfg.val_annotations, image_paths=cfg.val_image_path or cfg.train_image_path,
                           augment=_augment(False), seed=0, **common)

@@ -112,8 +112,8 @@ def eval_loader(data, num_workers: int = 2, rank: int = 0, world: int = 1) -> to
 
 def eval_data(cfg, store, class_dict, rank: int = 0, world: int = 1, val_ds=None):
     """The validation images of a TrainConfig (network2d's data flags) at full resolution: a records set's "val"
-    set, a source's "val" entries, the COCO --val_annotations, or the held-out fraction of the training set. None when the
-    configuration has no validation data."""
+    set, a source's "val" entries, the COCO --val_annotations, or the held-out fraction of the training set. None
+    when the configuration has no validation data."""
     if cfg.records:
         from mllib.records.read import description
 

@@ -170,10 +170,10 @@ LIMITS = {f.name: f.metadata["check"] for f in fields(TrainConfig) if f.metadata
 # what a resumed run must share with its checkpoint (the data, its order and the model); anything else may change:
 # --num_workers and the number of ranks (the position is elastic), --epochs, --max_steps, --prefetch, the
 # checkpoint and logging flags, --device, --amp
-RESUME_FIXED = ("train_annotations", "train_image_path", "val_annotations", "val_image_path", "val_fraction", "source", "records",
-                "class_dictionary", "height", "width", "imflags", "batch_size", "seed", "skip_bad", "normalize",
-                "model_width", "model_depth", "arch", "backbone", "output_stride", "lr_schedule", "poly_power",
-                "warmup_steps", "weight_decay", "class_weights", "color_jitter")
+RESUME_FIXED = ("train_annotations", "train_image_path", "val_annotations", "val_image_path", "val_fraction",
+                "source", "records", "class_dictionary", "height", "width", "imflags", "batch_size", "seed",
+                "skip_bad", "normalize", "model_width", "model_depth", "arch", "backbone", "output_stride",
+                "lr_schedule", "poly_power", "warmup_steps", "weight_decay", "class_weights", "color_jitter")
 
 
 # settings renamed since a checkpoint or --config file may have been written: old name -> this version's
