@@ -1,17 +1,20 @@
 """Benchmark: mllib.store put_dir against `aws s3 cp --recursive`, same files, same SeaweedFS server, one run.
 
-    python3 bench/store.py [--files 2000] [--kb 150] [--jobs 32]
+    python3 bench/store.py [--files 2000] [--kb 150] [--jobs 32] [--gets 2000] [--get_kb 5]
 
 Prints objects/s and MB/s for both and their ratio (goal: put_dir >= 1.5x awscli's objects/s), then the
 time of a second put_dir that skips every unchanged object, then the small-object fast PUT (mllib.store.fastput)
 against boto3's put_object alone: the same put_dir with the fast path switched off (goal: the fast path keeps
-its ~2x; it is dropped if the gain does not hold).
+its ~2x; it is dropped if the gain does not hold); then the client CPU of one GET of a --get_kb KB object (a label
+PNG's size), --gets of them one after another in one thread: the fast GET (its own keep-alive HTTP/1.1
+connection) against boto3's get_object (S3Store(fast_put=False)), and the wall time of each.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,11 +37,41 @@ def make_files(root: Path, n: int, kb: int) -> int:
     return total
 
 
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def get_cpu(fast, n: int, kb: int) -> None:
+    """Client CPU (user + system) and wall time per GET, one thread, the fast GET vs boto3's get_object; rounds
+    alternate and the best of 3 is kept."""
+    keys = [f"gets/{i:06d}.png" for i in range(min(n, 500))]
+    blob = os.urandom(kb * 1024)
+    for k in keys:
+        fast.put_bytes(k, blob)
+    plain = mstore.S3Store(f"s3://{fast.bucket}", fast_put=False)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(3):
+        for name, st in (("fast GET", fast), ("boto3 get_object", plain)):
+            for k in keys[:50]:
+                st.get_bytes(k)  # connections open
+            c0, w0 = cpu_s(), time.perf_counter()
+            for i in range(n):
+                assert len(st.get_bytes(keys[i % len(keys)])) == len(blob)
+            c, w = (cpu_s() - c0) / n, (time.perf_counter() - w0) / n
+            best[name] = min(best.get(name, (c, w)), (c, w))
+    (fc, fw), (bc, bw) = best["fast GET"], best["boto3 get_object"]
+    print(f"GET of {kb} KB, one thread, {n} GETs, best of 3: fast GET {1000 * fc:.3f} ms client CPU ({1000 * fw:.3f} "
+          f"ms wall), boto3 get_object {1000 * bc:.3f} ms ({1000 * bw:.3f} ms wall): {bc / fc:.1f}x less CPU")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--kb", type=int, default=150)
     p.add_argument("--jobs", type=int, default=32)
+    p.add_argument("--gets", type=int, default=2000, help="GETs timed for the client CPU of one (0: skip)")
+    p.add_argument("--get_kb", type=int, default=5)
     a = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-store-"))
     try:
@@ -75,6 +108,8 @@ def main(argv=None) -> int:
             boto = r3.transferred / r3.seconds
             print(f"put_dir, boto3 put_object only: {r3.seconds:6.2f} s  {boto:8.1f} objects/s")
             print(f"ratio fast PUT / boto3 put_object objects/s: {ours / boto:.2f}x")
+            if a.gets:
+                get_cpu(s, a.gets, a.get_kb)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

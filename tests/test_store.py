@@ -375,3 +375,117 @@ def test_fast_get_and_put_of_keys_that_need_encoding(s3_store):
         assert fp.get(s3_store._k(k)) == bytes([i]) * 300
     assert fp._failures == 0
     assert sorted(o.key for o in s3_store.list("odd/")) == sorted(keys)
+
+
+# -- the fast GET's own keep-alive HTTP/1.1 connections ---------------------------------------------------------------
+def test_fast_get_keeps_its_connection_and_reads_ranges(s3_store):
+    """Many GETs from one thread go over one kept connection; a ranged GET (get_head) takes the fast path too, and a
+    range past the end gives the whole object."""
+    data = os.urandom(70_000)  # longer than one recv
+    s3_store.put_bytes("keep/a", data)
+    fp = s3_store.fast_put
+    for _ in range(30):
+        assert fp.get(s3_store._k("keep/a")) == data
+    http = fp._conn.get().http
+    assert len(http._idle) == 1 and fp._failures == 0
+    first = http._idle[0]
+    assert fp.get(s3_store._k("keep/a"), first=10) == data[:10]
+    assert http._idle == [first]  # the same socket again
+    assert s3_store.get_head("keep/a", 100) == data[:100]
+    assert fp.get(s3_store._k("keep/a"), first=10**6) == data
+    assert fp._failures == 0
+
+
+def _crafted_store(monkeypatch, url):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key-for-the-test")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    return mstore.S3Store("s3://b", endpoint_url=url)
+
+
+def test_fast_get_reads_only_answers_it_understands(monkeypatch):
+    """Against a crafted server: a body without Content-Length (chunked), a body cut short, an error status and a
+    404 give None (boto3 then repeats the request and explains); only the first three count as failures of the path;
+    the request is signed and a range is sent as a Range header."""
+    from .crafted import Crafted
+
+    answers = [
+        (200, {"Transfer-Encoding": "chunked", "Content-Length": None}, b"5\r\nhello\r\n0\r\n\r\n"),
+        (200, {}, b"x" * 1000, 10),  # cut after 10 bytes, the connection closed
+        (503, {}, b"<Error><Code>SlowDown</Code></Error>"),
+        (404, {}, b"<Error><Code>NoSuchKey</Code></Error>"),
+        (206, {}, b"0123456789"),
+        (200, {"Connection": "close"}, b"whole"),
+    ]
+    seen = []
+
+    def respond(h, n):
+        seen.append(dict(h.headers))
+        return answers[n]
+
+    with Crafted(respond) as srv:
+        fp = _crafted_store(monkeypatch, srv.url).fast_put
+        assert fp.get("odd key/ü") is None and fp._failures == 1
+        assert fp.get("k") is None and fp._failures == 2
+        assert fp.get("k") is None and fp._failures == 3
+        fp._failures = 0
+        assert fp.get("k") is None and fp._failures == 0  # a 404: boto3 names what is missing
+        assert fp.get("k", first=10) == b"0123456789"
+        assert fp.get("k") == b"whole"
+        assert fp._conn.get().http._idle == []  # "Connection: close": not kept
+    assert srv.requests[0][1] == "/b/odd%20key/%C3%BC"
+    assert all(h["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=k/") for h in seen)
+    assert "secret-key-for-the-test" not in repr(seen)
+    assert srv.requests[4][2] == "bytes=0-9" and srv.requests[5][2] is None
+
+
+def test_fast_get_replaces_a_connection_the_server_closed(monkeypatch):
+    """A kept connection that the server closed meanwhile (its keep-alive timeout, no word said) is replaced by a new
+    one for the same request, which is not counted as a failure."""
+    from .crafted import Crafted
+
+    def respond(h, n):
+        h.close_connection = True  # the server closes after answering, without "Connection: close"
+        return 200, {}, b"answer %d" % n
+
+    with Crafted(respond) as srv:
+        fp = _crafted_store(monkeypatch, srv.url).fast_put
+        assert fp.get("k") == b"answer 0"
+        assert len(fp._conn.get().http._idle) == 1  # kept: nothing said it would close
+        import time
+
+        time.sleep(0.2)  # the server's close arrives
+        assert fp.get("k") == b"answer 1"
+        assert fp._failures == 0 and len(srv.requests) == 2
+
+
+def test_fast_get_over_tls_verifies_the_server(tmp_path, monkeypatch):
+    """https: the fast GET trusts the server only through the store's CA bundle (AWS_CA_BUNDLE here); without it the
+    handshake fails and it gives None (boto3 then fails the same way and says so); verify=False reads it."""
+    import shutil
+    import ssl
+
+    from .crafted import Crafted
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    srv = Crafted(lambda h, n: (200, {}, b"over tls %d" % n))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.server.socket = ctx.wrap_socket(srv.server.socket, server_side=True)
+    url = srv.url.replace("http://", "https://")
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    with srv:
+        untrusted = _crafted_store(monkeypatch, url).fast_put
+        assert untrusted.get("k") is None and untrusted._failures == 1
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        trusted = _crafted_store(monkeypatch, url).fast_put
+        assert trusted.get("k") == b"over tls 0" and trusted.get("k") == b"over tls 1"
+        assert len(trusted._conn.get().http._idle) == 1
+        monkeypatch.delenv("AWS_CA_BUNDLE")
+        off = mstore.S3Store("s3://b", endpoint_url=url, verify=False).fast_put
+        assert off.get("k") == b"over tls 2"

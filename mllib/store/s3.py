@@ -269,6 +269,9 @@ class S3Store(Store):
 
     def get_head(self, key: str, n: int) -> bytes:
         """One ranged GET (bytes=0-(n-1)); the body is read whole, so the connection goes back to the pool."""
+        data = self.fast_put.get(self._k(key), first=n)
+        if data is not None:
+            return data
         return self._read(key, Range=f"bytes=0-{max(1, int(n)) - 1}")
 
     def _read(self, key: str, **extra) -> bytes:
