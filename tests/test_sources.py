@@ -336,3 +336,31 @@ def test_label_counts_from_the_value_histogram_equal_a_count_of_the_trainids(mod
     assert np.array_equal(train, reader.train_ids(png(ids, mode), "k.png", ids.shape))
     assert np.array_equal(counts, np.bincount(train.ravel(), minlength=256))
     assert counts.sum() == ids.size and len(counts) == 256
+
+
+@pytest.mark.parametrize("spng", [True, False])
+def test_grey_labels_read_the_same_through_libspng_and_opencv(spng, monkeypatch):
+    """8-bit grey label PNGs (as Pillow writes them, with row filters, and as mllib writes them) are read through
+    libspng where it is installed and through OpenCV otherwise: the same values as Pillow reads, and a damaged file is
+    a LabelError naming it on either path."""
+    import io
+
+    from PIL import Image
+
+    from mllib.labels.render import LabelError
+    from mllib.sources import base
+
+    monkeypatch.setattr(base, "_SPNG", [] if spng else [None])
+    rng = np.random.default_rng(3)
+    ids = np.repeat(np.repeat(rng.integers(0, 151, (12, 17)), 9, 0), 7, 1).astype(np.uint8)
+    ids[::5] = rng.integers(0, 256, ids.shape[1])  # rows that Pillow's filters treat differently
+    for data in (png(ids, "L"), images.encode_label_png(ids)):
+        got, colour = base.read_label(data, "x/a.png", "index")
+        assert not colour and got.dtype == np.uint8
+        assert np.array_equal(got, np.array(Image.open(io.BytesIO(data)))) and np.array_equal(got, ids)
+    assert (base._spng() is not None) == spng
+    data = png(ids, "L")
+    idat = data.index(b"IDAT")
+    for bad in (data[: len(data) // 2], data[:idat + 10] + bytes([data[idat + 10] ^ 0xFF]) + data[idat + 11:]):
+        with pytest.raises(LabelError, match="x/a.png"):
+            base.read_label(bad, "x/a.png", "index")
