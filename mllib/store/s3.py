@@ -117,6 +117,9 @@ class S3Store(Store):
         from botocore.config import Config
 
         session = boto3.session.Session()
+        # timestamps (a listing's LastModified, for every key) kept as the strings sent: nothing here reads them, and
+        # dateutil's parsing of them is two thirds of a listing's CPU (1.5 s for 20,000 keys)
+        session._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         cfg = dict(
             retries=retry_settings(session),
             max_pool_connections=self.max_pool_connections,
