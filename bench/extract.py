@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--unbounded", default="10000", help="counts at which to measure the unbounded pool too")
     ap.add_argument("--put_dir", default="10000", help="counts at which to measure put_dir too")
     ap.add_argument("--tar", default="10000", help="counts at which to measure tar and tar.gz too")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating zip / tar / tgz rounds at the --tar counts")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating zip / tar / tgz rounds at the --tar counts")
     args = ap.parse_args()
     counts = [int(c) for c in args.members.split(",")]
     also_unbounded = {int(c) for c in args.unbounded.split(",") if c}
