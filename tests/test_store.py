@@ -336,6 +336,8 @@ def test_the_test_server_holds_objects_in_many_buckets(tmp_path):
     ("https://bkt.s3.eu-west-1.amazonaws.com", "images/x~y(1).jpg", "session-token/+=", {}),
     ("https://s3.example.org:9000", "bkt/k", None, {"Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg==",
                                                    "Content-Type": "application/octet-stream"}),
+    ("http://127.0.0.1:8333", "bkt", None, {"query": {"list-type": "2", "prefix": "own/a b+c=d&e/ü",
+                                                      "continuation-token": "tok/+=="}}),
 ])
 def test_the_fast_paths_signature_is_botocores(monkeypatch, url, key, token, extra):
     """The fast path's SigV4 (the day's signing key kept) signs exactly what botocore's S3SigV4Auth signs, for path-
@@ -347,19 +349,21 @@ def test_the_fast_paths_signature_is_botocores(monkeypatch, url, key, token, ext
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from mllib.store.fastput import _EMPTY_SHA256, Signer
+    from mllib.store.fastput import _EMPTY_SHA256, Signer, canonical_query
 
     now = datetime.datetime(2026, 12, 6, 23, 59, 59, tzinfo=datetime.UTC)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
     creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token).get_frozen_credentials()
     path = "/" + quote(key, safe="/~")
-    req = AWSRequest(method="PUT" if extra else "GET", url=url + path,
+    params = extra.pop("query", None) if "query" in extra else None
+    query = canonical_query(params) if params else ""
+    req = AWSRequest(method="PUT" if extra else "GET", url=url + path + (f"?{query}" if query else ""),
                      headers={"x-amz-content-sha256": _EMPTY_SHA256, **extra})
     botocore.auth.S3SigV4Auth(creds, "s3", "eu-west-1").add_auth(req)
     signer = Signer("eu-west-1")
     for _ in range(2):  # the second with the kept signing key
         mine = signer.headers(creds, req.method, urlsplit(url).netloc.removesuffix(":443"), path, _EMPTY_SHA256,
-                              extra, now=now)
+                              extra, now=now, query=query)
         assert mine["Authorization"] == req.headers["Authorization"]
         assert mine["x-amz-date"] == req.headers["X-Amz-Date"]
         assert mine.get("x-amz-security-token") == req.headers.get("X-Amz-Security-Token")
@@ -503,3 +507,60 @@ def test_s3_listing_leaves_timestamps_unparsed(s3_store):
     assert isinstance(stamp, str) and stamp[:2] == "20"
     got = [(o.key, o.size, o.etag) for o in s3_store.list("ts/")]
     assert got == [(f"ts/{i}", i + 1, hashlib.md5(b"x" * (i + 1)).hexdigest()) for i in range(3)]
+
+
+def test_list_pages_are_read_from_s3s_answer():
+    """The fast listing's reader: keys with XML entities and character references, ETags in quotes, the token of a
+    truncated page; an error answer or a truncated page without a token is a ValueError (boto3 then lists)."""
+    from mllib.store.fastput import parse_list_page
+
+    body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<Name>b</Name><Prefix>p/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys>"
+            b"<IsTruncated>true</IsTruncated><NextContinuationToken>tok/+=&amp;1</NextContinuationToken>"
+            b"<Contents><Key>p/a &amp; b&lt;c&gt;&#x1;\xc3\xbc.png</Key><LastModified>2026-12-07T00:00:00.000Z"
+            b"</LastModified><ETag>&quot;0123abcd&quot;</ETag><Size>17</Size><StorageClass>STANDARD</StorageClass>"
+            b'</Contents><Contents><Key>p/x.jpg</Key><ETag>"99"</ETag><Size>0</Size></Contents></ListBucketResult>')
+    items, token = parse_list_page(body)
+    assert items == [("p/a & b<c>\x01ü.png", 17, "0123abcd"), ("p/x.jpg", 0, "99")]
+    assert token == "tok/+=&1"
+    last = body.replace(b"<IsTruncated>true", b"<IsTruncated>false")
+    assert parse_list_page(last)[1] is None
+    with pytest.raises(ValueError):
+        parse_list_page(body.replace(b"<NextContinuationToken>tok/+=&amp;1</NextContinuationToken>", b""))
+    with pytest.raises(ValueError):
+        parse_list_page(b"<Error><Code>AccessDenied</Code></Error>")
+
+
+def test_fast_listing_equals_boto3s_and_boto3_takes_over_mid_listing(s3_store, s3_bucket, monkeypatch):
+    """S3Store.list pages through the fast path's own signed LIST (no boto3 call at all), with keys that need
+    encoding and a prefix that does, page after page; where a page fails, boto3 lists on from the same token."""
+    keys = [f"li st/{i:02d} a&b+c=%ü<>.png" for i in range(7)] + ["li st/z", "li/st-other"]
+    for k in keys:
+        s3_store.put_bytes(k, k.encode())
+    boto = mstore.S3Store(f"s3://{s3_bucket}", fast_put=False)
+    want = [(o.key, o.size, o.etag) for o in boto.list("li st/")]
+    assert [w[0] for w in want] == sorted(keys[:8])
+    fp = s3_store.fast_put
+    pages, token = [], None
+    while True:  # the fast path's own pages, 3 keys each
+        items, token = fp.list_page(s3_store._k("li st/"), token, max_keys=3)
+        pages.append(items)
+        if token is None:
+            break
+    assert [len(p) for p in pages] == [3, 3, 2] and [k for p in pages for k, _, _ in p] == [w[0] for w in want]
+
+    def no_boto(*a, **kw):
+        raise AssertionError("boto3 listed")
+
+    monkeypatch.setattr(s3_store.client, "list_objects_v2", no_boto)
+    assert [(o.key, o.size, o.etag) for o in s3_store.list("li st/")] == want
+    monkeypatch.undo()
+    real, calls = fp.list_page, []
+
+    def first_page_only(prefix, token=None, max_keys=None):
+        calls.append(token)
+        return real(prefix, token, max_keys=3) if len(calls) == 1 else None
+
+    monkeypatch.setattr(fp, "list_page", first_page_only)
+    assert [(o.key, o.size, o.etag) for o in s3_store.list("li st/")] == want  # 3 fast, the rest through boto3
+    assert len(calls) == 2 and calls[1] is not None

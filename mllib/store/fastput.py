@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import hmac
 import os
+import re
 import socket
 import threading
 import time
@@ -28,6 +29,63 @@ from urllib.parse import quote, urlsplit
 from mllib.perprocess import PerProcess
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def canonical_query(params: dict[str, str]) -> str:
+    """SigV4's canonical query string: names and values URI-encoded (only A-Z a-z 0-9 - _ . ~ kept), sorted."""
+    pairs = sorted((quote(k, safe="-_.~"), quote(v, safe="-_.~")) for k, v in params.items())
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+_CONTENTS = re.compile(rb"<Contents>(.*?)</Contents>", re.S)
+_KEY, _SIZE, _ETAG = (re.compile(rb"<%s>(.*?)</%s>" % (t, t), re.S) for t in (b"Key", b"Size", b"ETag"))
+_TRUNCATED = re.compile(rb"<IsTruncated>\s*true\s*</IsTruncated>")
+_NEXT = re.compile(rb"<NextContinuationToken>(.*?)</NextContinuationToken>", re.S)
+
+
+_ENTITY = re.compile(r"&(#x[0-9a-fA-F]+|#[0-9]+|lt|gt|amp|quot|apos);")
+_NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+
+
+def _entity(m: re.Match) -> str:
+    e = m.group(1)
+    if e[0] == "#":
+        return chr(int(e[2:], 16) if e[1] == "x" else int(e[1:]))
+    return _NAMED[e]
+
+
+def _text(raw: bytes) -> str:
+    """An XML element's text: UTF-8, its five entities and character references resolved (as XML does, not
+    HTML: a reference to a control character is that character)."""
+    t = raw.decode("utf-8")
+    if "&" not in t:
+        return t
+    if "&" in _ENTITY.sub("", t):
+        raise ValueError("an unknown XML entity")
+    return _ENTITY.sub(_entity, t)
+
+
+def parse_list_page(body: bytes) -> tuple[list[tuple[str, int, str]], str | None]:
+    """(key, size, ETag without quotes) of each object of a ListObjectsV2 answer, and the continuation token when
+    it is truncated (None when it is the last page). The elements are read by pattern, not by a general XML parser:
+    botocore's parsing of a 1,000-key page is ~30 ms of CPU, this ~2 ms. ValueError for an answer that is not what
+    S3 sends (then boto3 lists instead)."""
+    if b"<ListBucketResult" not in body:
+        raise ValueError("not a ListBucketResult")
+    out = []
+    for m in _CONTENTS.finditer(body):
+        block = m.group(1)
+        key, size, etag = _KEY.search(block), _SIZE.search(block), _ETAG.search(block)
+        if key is None or size is None:
+            raise ValueError("a Contents entry without Key or Size")
+        out.append((_text(key.group(1)), int(size.group(1)), _text(etag.group(1)).strip('"') if etag else ""))
+    token = None
+    if _TRUNCATED.search(body):
+        nxt = _NEXT.search(body)
+        if nxt is None or not nxt.group(1).strip():
+            raise ValueError("truncated without a continuation token")
+        token = _text(nxt.group(1))
+    return out, token
 
 
 class Signer:
@@ -48,10 +106,10 @@ class Signer:
         return self._key[1]
 
     def headers(self, creds, method: str, host: str, path: str, payload_sha256: str, extra: dict | None = None,
-                now: datetime.datetime | None = None) -> dict:
+                now: datetime.datetime | None = None, query: str = "") -> dict:
         """The headers that sign `method path` on `host` (the Host header as sent: no default port) with frozen
         credentials `creds`; `extra` headers are sent and signed too. `path` is already URI-encoded, as S3 wants it
-        (once, '/' kept)."""
+        (once, '/' kept); `query` is the canonical query string (canonical_query()), sent as it is signed."""
         if now is not None:
             amz = now.strftime("%Y%m%dT%H%M%SZ")
         else:
@@ -64,7 +122,7 @@ class Signer:
             h["x-amz-security-token"] = creds.token
         h.update({k.lower(): str(v).strip() for k, v in (extra or {}).items()})
         names = sorted(h)
-        canonical = "\n".join([method, path, "", *(f"{n}:{h[n]}" for n in names), "", ";".join(names),
+        canonical = "\n".join([method, path, query, *(f"{n}:{h[n]}" for n in names), "", ";".join(names),
                                payload_sha256])
         scope = f"{amz[:8]}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
@@ -268,6 +326,38 @@ class FastPut:
         with self._lock:
             self._failures = 0 if data is not None else self._failures + 1
         return data
+
+    def list_page(self, prefix: str, token: str | None = None, max_keys: int | None = None
+                  ) -> tuple[list[tuple[str, int, str]], str | None] | None:
+        """One ListObjectsV2 page of the bucket's keys under `prefix` (from continuation `token`): ([(key, size,
+        ETag)], the next token or None); None on anything but a 200 that reads as a listing (boto3 then lists from
+        the same token, and explains any error)."""
+        from botocore.exceptions import BotoCoreError
+
+        if not self.active:
+            return None
+        page = None
+        try:
+            c = self._conn.get()
+            path = "/" if c.virtual_hosted else f"/{quote(self.store.bucket, safe='')}"
+            params = {"list-type": "2", "prefix": prefix}
+            if token:
+                params["continuation-token"] = token
+            if max_keys:
+                params["max-keys"] = str(int(max_keys))
+            query = canonical_query(params)
+            headers = c.signer.headers(c.credentials.get_frozen_credentials(), "GET", c.host, path, _EMPTY_SHA256,
+                                       query=query)
+            head = "".join([f"GET {path}?{query} HTTP/1.1\r\nHost: {c.host}\r\n",
+                            *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode()
+            status, body = c.http.request(head)
+            if status == 200:
+                page = parse_list_page(bytes(body))
+        except (OSError, _Unusable, BotoCoreError, ValueError, IndexError, UnicodeDecodeError):
+            page = None
+        with self._lock:
+            self._failures = 0 if page is not None else self._failures + 1
+        return page
 
     def _path(self, c: _Conn, full_key: str) -> str:
         """The request's path, URI-encoded once as S3 signs it ('/' kept): /KEY on a virtual-hosted endpoint (AWS),
