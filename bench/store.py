@@ -1,13 +1,15 @@
 """Benchmark: mllib.store put_dir against `aws s3 cp --recursive`, same files, same SeaweedFS server, one run.
 
-    python3 bench/store.py [--files 2000] [--kb 150] [--jobs 32] [--gets 2000] [--get_kb 5]
+    python3 bench/store.py [--files 2000] [--kb 150] [--jobs 32] [--gets 2000] [--get_kb 5] [--list_keys 20000]
 
 Prints objects/s and MB/s for both and their ratio (goal: put_dir >= 1.5x awscli's objects/s), then the
 time of a second put_dir that skips every unchanged object, then the small-object fast PUT (mllib.store.fastput)
 against boto3's put_object alone: the same put_dir with the fast path switched off (goal: the fast path keeps
 its ~2x; it is dropped if the gain does not hold); then the client CPU of one GET of a --get_kb KB object (a label
 PNG's size), --gets of them one after another in one thread: the fast GET (its own keep-alive HTTP/1.1
-connection) against boto3's get_object (S3Store(fast_put=False)), and the wall time of each.
+connection) against boto3's get_object (S3Store(fast_put=False)), and the wall time of each; then the client CPU
+and wall time of listing --list_keys keys (an ADE20K-sized folder source lists 44,000), the fast path's own LIST
+against boto3's list_objects_v2.
 """
 
 from __future__ import annotations
@@ -65,6 +67,25 @@ def get_cpu(fast, n: int, kb: int) -> None:
           f"ms wall), boto3 get_object {1000 * bc:.3f} ms ({1000 * bw:.3f} ms wall): {bc / fc:.1f}x less CPU")
 
 
+def list_cpu(fast, n: int, jobs: int) -> None:
+    """Client CPU and wall time of listing n keys, the fast LIST vs boto3's, best of 3 alternating rounds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(lambda i: fast.put_bytes(f"list/{i // 1000:03d}/{i:08d}.png", b"x"), range(n)))
+    plain = mstore.S3Store(f"s3://{fast.bucket}", fast_put=False)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(3):
+        for name, st in (("fast LIST", fast), ("boto3 list_objects_v2", plain)):
+            c0, w0 = cpu_s(), time.perf_counter()
+            assert sum(1 for _ in st.list("list/")) == n
+            c, w = cpu_s() - c0, time.perf_counter() - w0
+            best[name] = min(best.get(name, (c, w)), (c, w))
+    (fc, fw), (bc, bw) = best["fast LIST"], best["boto3 list_objects_v2"]
+    print(f"listing {n:,} keys, best of 3: fast LIST {fc:.2f} s client CPU ({fw:.2f} s wall), boto3 list_objects_v2 "
+          f"{bc:.2f} s ({bw:.2f} s wall): {bc / fc:.1f}x less CPU")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=2000)
@@ -72,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=32)
     p.add_argument("--gets", type=int, default=2000, help="GETs timed for the client CPU of one (0: skip)")
     p.add_argument("--get_kb", type=int, default=5)
+    p.add_argument("--list_keys", type=int, default=20000, help="keys listed for the CPU of a listing (0: skip)")
     a = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mllib-bench-store-"))
     try:
@@ -110,6 +132,8 @@ def main(argv=None) -> int:
             print(f"ratio fast PUT / boto3 put_object objects/s: {ours / boto:.2f}x")
             if a.gets:
                 get_cpu(s, a.gets, a.get_kb)
+            if a.list_keys:
+                list_cpu(s, a.list_keys, a.jobs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
