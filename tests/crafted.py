@@ -55,3 +55,25 @@ class Crafted:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def tls(respond, folder) -> tuple[Crafted, str, str]:
+    """(server, its https URL, the PEM of its self-signed certificate for 127.0.0.1) of a Crafted server behind TLS;
+    pytest.skip where openssl is not installed."""
+    import shutil
+    import ssl
+    import subprocess
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = f"{folder}/k.pem", f"{folder}/c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    srv = Crafted(respond)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.server.socket = ctx.wrap_socket(srv.server.socket, server_side=True)
+    return srv, srv.url.replace("http://", "https://"), cert

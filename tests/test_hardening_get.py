@@ -26,7 +26,7 @@ from mllib.get.cityscapes import CityscapesError, specs
 from mllib.testing.mirror import Faults, Mirror
 
 from .cocofake import make_coco_zips
-from .crafted import Crafted
+from .crafted import Crafted, tls
 from .test_getcoco import getcoco, run_getcoco
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -399,21 +399,8 @@ def test_ca_bundle_from_environment_and_config(tmp_path, monkeypatch):
 
 def test_ca_bundle_against_a_tls_server(tmp_path, monkeypatch):
     """A real TLS endpoint with a private CA: refused without the bundle, trusted with AWS_CA_BUNDLE."""
-    import shutil
-    import ssl
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    srv = Crafted(lambda h, n: (404, {"Content-Type": "application/xml"},
-                                b"<Error><Code>NoSuchBucket</Code><Message>no</Message></Error>"))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    srv.server.socket = ctx.wrap_socket(srv.server.socket, server_side=True)
-    url = srv.url.replace("http://", "https://")
+    srv, url, cert = tls(lambda h, n: (404, {"Content-Type": "application/xml"},
+                                       b"<Error><Code>NoSuchBucket</Code><Message>no</Message></Error>"), tmp_path)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")

@@ -466,22 +466,9 @@ def test_fast_get_replaces_a_connection_the_server_closed(monkeypatch):
 def test_fast_get_over_tls_verifies_the_server(tmp_path, monkeypatch):
     """https: the fast GET trusts the server only through the store's CA bundle (AWS_CA_BUNDLE here); without it the
     handshake fails and it gives None (boto3 then fails the same way and says so); verify=False reads it."""
-    import shutil
-    import ssl
+    from .crafted import tls
 
-    from .crafted import Crafted
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    srv = Crafted(lambda h, n: (200, {}, b"over tls %d" % n))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    srv.server.socket = ctx.wrap_socket(srv.server.socket, server_side=True)
-    url = srv.url.replace("http://", "https://")
+    srv, url, cert = tls(lambda h, n: (200, {}, b"over tls %d" % n), tmp_path)
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     with srv:
         untrusted = _crafted_store(monkeypatch, url).fast_put
