@@ -39,7 +39,7 @@ class Crafted:
                 if cut:
                     self.close_connection = True
 
-            do_GET = do_POST = do_HEAD = _any
+            do_GET = do_POST = do_HEAD = do_PUT = _any
 
             def log_message(self, *a):
                 pass

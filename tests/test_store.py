@@ -466,6 +466,8 @@ def test_fast_get_replaces_a_connection_the_server_closed(monkeypatch):
 def test_fast_get_over_tls_verifies_the_server(tmp_path, monkeypatch):
     """https: the fast GET trusts the server only through the store's CA bundle (AWS_CA_BUNDLE here); without it the
     handshake fails and it gives None (boto3 then fails the same way and says so); verify=False reads it."""
+    import urllib3
+
     from .crafted import tls
 
     srv, url, cert = tls(lambda h, n: (200, {}, b"over tls %d" % n), tmp_path)
@@ -473,13 +475,17 @@ def test_fast_get_over_tls_verifies_the_server(tmp_path, monkeypatch):
     with srv:
         untrusted = _crafted_store(monkeypatch, url).fast_put
         assert untrusted.get("k") is None and untrusted._failures == 1
+        assert not untrusted.put("k", b"x") and untrusted._failures == 2  # the PUTs' pool: the same TLS context
         monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
         trusted = _crafted_store(monkeypatch, url).fast_put
         assert trusted.get("k") == b"over tls 0" and trusted.get("k") == b"over tls 1"
         assert len(trusted._conn.get().http._idle) == 1
+        assert trusted.put("k", b"x") and trusted._failures == 0
         monkeypatch.delenv("AWS_CA_BUNDLE")
         off = mstore.S3Store("s3://b", endpoint_url=url, verify=False).fast_put
-        assert off.get("k") == b"over tls 2"
+        assert off.get("k") == b"over tls 3"
+        with pytest.warns(urllib3.exceptions.InsecureRequestWarning):  # as boto3 warns when not verifying
+            assert off.put("k", b"y")
 
 
 def test_s3_listing_leaves_timestamps_unparsed(s3_store):

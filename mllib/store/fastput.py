@@ -89,8 +89,8 @@ def parse_list_page(body: bytes) -> tuple[list[tuple[str, int, str]], str | None
 
 
 class Signer:
-    """AWS Signature Version 4 for S3 requests without a query string, the day's signing key kept (botocore derives
-    it, four HMACs, and builds an AWSRequest for every request: a tenth of a millisecond each)."""
+    """AWS Signature Version 4 for S3 requests, the day's signing key kept (botocore derives it, four HMACs, and builds
+    an AWSRequest for every request: a tenth of a millisecond each)."""
 
     def __init__(self, region: str):
         self.region = region
@@ -293,9 +293,21 @@ class FastPut:
             ok = self._send(self._conn.get(), full_key, body)
         except (urllib3.exceptions.HTTPError, OSError, BotoCoreError, ValueError):
             ok = False
+        self._count(ok)
+        return ok
+
+    def _count(self, ok: bool) -> None:
+        """A request's outcome: consecutive failures (MAX_FAILURES turn the fast path off) or none."""
         with self._lock:
             self._failures = 0 if ok else self._failures + 1
-        return ok
+
+    def _signed_get(self, c: _Conn, path: str, query: str = "", extra: dict | None = None) -> tuple[int, bytearray]:
+        """(status, body) of a signed GET of `path` (and its canonical `query`) over the kept connections."""
+        headers = c.signer.headers(c.credentials.get_frozen_credentials(), "GET", c.host, path, _EMPTY_SHA256, extra,
+                                   query=query)
+        target = f"{path}?{query}" if query else path
+        return c.http.request("".join([f"GET {target} HTTP/1.1\r\nHost: {c.host}\r\n",
+                                       *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode())
 
     def get(self, full_key: str, first: int | None = None) -> bytes | None:
         """GET the bucket's full key (with `first`: its first bytes only, a ranged GET): its bytes on HTTP 200 (206
@@ -308,13 +320,8 @@ class FastPut:
         data = None
         try:
             c = self._conn.get()
-            path = self._path(c, full_key)
             extra = None if first is None else {"Range": f"bytes=0-{max(1, int(first)) - 1}"}
-            headers = c.signer.headers(c.credentials.get_frozen_credentials(), "GET", c.host, path, _EMPTY_SHA256,
-                                       extra)
-            head = "".join([f"GET {path} HTTP/1.1\r\nHost: {c.host}\r\n",
-                            *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode()
-            status, body = c.http.request(head)
+            status, body = self._signed_get(c, self._path(c, full_key), extra=extra)
             if status == 200:  # the whole object (a server that ignores Range sends it all)
                 data = bytes(body) if first is None else bytes(body[:first])
             elif status == 206 and first is not None:
@@ -323,8 +330,7 @@ class FastPut:
                 return None  # not a failure of the fast path: boto3 names what is missing
         except (OSError, _Unusable, BotoCoreError, ValueError, IndexError):
             data = None
-        with self._lock:
-            self._failures = 0 if data is not None else self._failures + 1
+        self._count(data is not None)
         return data
 
     def list_page(self, prefix: str, token: str | None = None, max_keys: int | None = None
@@ -345,18 +351,12 @@ class FastPut:
                 params["continuation-token"] = token
             if max_keys:
                 params["max-keys"] = str(int(max_keys))
-            query = canonical_query(params)
-            headers = c.signer.headers(c.credentials.get_frozen_credentials(), "GET", c.host, path, _EMPTY_SHA256,
-                                       query=query)
-            head = "".join([f"GET {path}?{query} HTTP/1.1\r\nHost: {c.host}\r\n",
-                            *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"]).encode()
-            status, body = c.http.request(head)
+            status, body = self._signed_get(c, path, canonical_query(params))
             if status == 200:
                 page = parse_list_page(bytes(body))
         except (OSError, _Unusable, BotoCoreError, ValueError, IndexError, UnicodeDecodeError):
             page = None
-        with self._lock:
-            self._failures = 0 if page is not None else self._failures + 1
+        self._count(page is not None)
         return page
 
     def _path(self, c: _Conn, full_key: str) -> str:
@@ -391,18 +391,18 @@ class FastPut:
             base, virtual = f"https://{store.bucket}.s3.{region}.amazonaws.com", True
         kw: dict = {"maxsize": store.max_pool_connections, "timeout": urllib3.Timeout(connect=10, read=120)}
         context = None
-        if base.startswith("https"):
+        if base.startswith("https"):  # one TLS context for the PUTs' urllib3 pool and the GETs' own connections
             import ssl
 
             if store.verify is False:
-                kw["cert_reqs"] = "CERT_NONE"
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                kw.update(ssl_context=context, cert_reqs="CERT_NONE", assert_hostname=False)
             else:
                 import certifi
 
-                kw.update(cert_reqs="CERT_REQUIRED", ca_certs=store.ca_bundle() or certifi.where())
-                context = ssl.create_default_context(cafile=kw["ca_certs"])
+                context = ssl.create_default_context(cafile=store.ca_bundle() or certifi.where())
+                kw["ssl_context"] = context
         conn = _Conn(urllib3.PoolManager(**kw), creds, region, base, virtual)
         conn.http = _Http(base, store.max_pool_connections, context)
         return conn
