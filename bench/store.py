@@ -44,44 +44,53 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def fast_vs_boto3(fast, work, warm=None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((client CPU, wall) seconds of work(store) through the fast path, the same through boto3 alone
+    (S3Store(fast_put=False))): best of 3 rounds, the two alternating; warm(store) before each, untimed."""
+    plain = mstore.S3Store(f"s3://{fast.bucket}", fast_put=False)
+    best: dict[int, tuple[float, float]] = {}
+    for _ in range(3):
+        for i, st in enumerate((fast, plain)):
+            if warm is not None:
+                warm(st)
+            c0, w0 = cpu_s(), time.perf_counter()
+            work(st)
+            t = (cpu_s() - c0, time.perf_counter() - w0)
+            best[i] = min(best.get(i, t), t)
+    return best[0], best[1]
+
+
 def get_cpu(fast, n: int, kb: int) -> None:
-    """Client CPU (user + system) and wall time per GET, one thread, the fast GET vs boto3's get_object; rounds
-    alternate and the best of 3 is kept."""
+    """Client CPU (user + system) and wall time per GET, one thread, the fast GET vs boto3's get_object."""
     keys = [f"gets/{i:06d}.png" for i in range(min(n, 500))]
     blob = os.urandom(kb * 1024)
     for k in keys:
         fast.put_bytes(k, blob)
-    plain = mstore.S3Store(f"s3://{fast.bucket}", fast_put=False)
-    best: dict[str, tuple[float, float]] = {}
-    for _ in range(3):
-        for name, st in (("fast GET", fast), ("boto3 get_object", plain)):
-            for k in keys[:50]:
-                st.get_bytes(k)  # connections open
-            c0, w0 = cpu_s(), time.perf_counter()
-            for i in range(n):
-                assert len(st.get_bytes(keys[i % len(keys)])) == len(blob)
-            c, w = (cpu_s() - c0) / n, (time.perf_counter() - w0) / n
-            best[name] = min(best.get(name, (c, w)), (c, w))
-    (fc, fw), (bc, bw) = best["fast GET"], best["boto3 get_object"]
+
+    def gets(st):
+        for i in range(n):
+            assert len(st.get_bytes(keys[i % len(keys)])) == len(blob)
+
+    def warm(st):  # connections open
+        for k in keys[:50]:
+            st.get_bytes(k)
+
+    (fc, fw), (bc, bw) = (tuple(x / n for x in t) for t in fast_vs_boto3(fast, gets, warm))
     print(f"GET of {kb} KB, one thread, {n} GETs, best of 3: fast GET {1000 * fc:.3f} ms client CPU ({1000 * fw:.3f} "
           f"ms wall), boto3 get_object {1000 * bc:.3f} ms ({1000 * bw:.3f} ms wall): {bc / fc:.1f}x less CPU")
 
 
 def list_cpu(fast, n: int, jobs: int) -> None:
-    """Client CPU and wall time of listing n keys, the fast LIST vs boto3's, best of 3 alternating rounds."""
+    """Client CPU and wall time of listing n keys, the fast LIST vs boto3's."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda i: fast.put_bytes(f"list/{i // 1000:03d}/{i:08d}.png", b"x"), range(n)))
-    plain = mstore.S3Store(f"s3://{fast.bucket}", fast_put=False)
-    best: dict[str, tuple[float, float]] = {}
-    for _ in range(3):
-        for name, st in (("fast LIST", fast), ("boto3 list_objects_v2", plain)):
-            c0, w0 = cpu_s(), time.perf_counter()
-            assert sum(1 for _ in st.list("list/")) == n
-            c, w = cpu_s() - c0, time.perf_counter() - w0
-            best[name] = min(best.get(name, (c, w)), (c, w))
-    (fc, fw), (bc, bw) = best["fast LIST"], best["boto3 list_objects_v2"]
+
+    def listing(st):
+        assert sum(1 for _ in st.list("list/")) == n
+
+    (fc, fw), (bc, bw) = fast_vs_boto3(fast, listing)
     print(f"listing {n:,} keys, best of 3: fast LIST {fc:.2f} s client CPU ({fw:.2f} s wall), boto3 list_objects_v2 "
           f"{bc:.2f} s ({bw:.2f} s wall): {bc / fc:.1f}x less CPU")
 
