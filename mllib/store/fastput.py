@@ -6,10 +6,11 @@ readers of a dataset (bench/store.py, bench/sources.py). A PUT goes over the buc
 goes over a keep-alive HTTP/1.1 connection of this module's own (`_Http`): the request written as bytes, the
 response's head split once and its body read into one buffer of its Content-Length: 0.13 ms of client CPU for a 5 KB
 label against boto3's 1.0-1.1 ms and 0.35-0.55 ms through urllib3 and http.client (bench/store.py), which a folder
-source's loader pays twice a sample. Listing pages (ListObjectsV2) go the same way and are read by pattern. It only ever takes the simple case: any answer but 200 (206 for a
-range), a body without a Content-Length, or a transport error returns False (None for a GET) and the caller repeats
-the request through boto3, which retries and explains the error (a missing key included). It turns itself off after
-3 consecutive failures, and MLLIB_FAST_PUT=0 (or S3Store(fast_put=False)) turns it off from the start.
+source's loader pays twice a sample. Listing pages (ListObjectsV2) go the same way and are read by pattern. It only
+ever takes the simple case: any answer but 200 (206 for a range), a body without a Content-Length, or a transport
+error returns False (None for a GET) and the caller repeats the request through boto3, which retries and explains
+the error (a missing key included). It turns itself off after 3 consecutive failures, and MLLIB_FAST_PUT=0 (or
+S3Store(fast_put=False)) turns it off from the start.
 """
 
 from __future__ import annotations
