@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import scale
 from realcoco import DEFAULT_SHARED, cold_cache, require_sample, store_cpu
 from scale import ROOT, build_mirror, stage
 
@@ -113,8 +114,8 @@ def main() -> int:
 
     def report(name, seconds, peak, n, extra=""):
         rows[name] = (seconds, peak, n)
-        print(f"{name:22s}: {seconds:7.1f} s, {n / seconds:7.1f} images/s, peak memory {peak / 1e9:5.2f} GB {extra}",
-              flush=True)
+        print(f"{name:22s}: {seconds:7.1f} s, {n / seconds:7.1f} images/s, peak memory {peak / 1e9:5.2f} GB, "
+              f"client CPU {1e3 * scale.LAST_CPU / n:5.2f} ms/image {extra}", flush=True)
 
     server = SeaweedS3(tmp / "weed", volume_size_mb=1024, volumes=40).start()
     placements = args.placement.split(",")

@@ -730,16 +730,22 @@ def test_eight_loader_workers_and_a_conversion_at_once(own_server, tmp_path):
 
     conv = threading.Thread(target=convert)
     seen, t0 = 0, time.monotonic()
-    loader = torch.utils.data.DataLoader(ds(), batch_size=4, num_workers=8, shuffle=False, persistent_workers=True)
+    loader = torch.utils.data.DataLoader(ds(), batch_size=4, num_workers=8, shuffle=False, persistent_workers=True,
+                                         timeout=120)  # a worker that stops answering fails the test, not hangs it
+    # The 8 workers are forked before the conversion's thread starts, as they would be in a training process of
+    # their own: a fork while another thread imports a module (or holds any lock) leaves that lock held in the
+    # child for ever, and the child hangs at its first use of it.
+    batches = iter(loader)
     conv.start()
     rounds = 0
     while time.monotonic() - t0 < 20 or conv.is_alive():  # bounded: the conversion's time, at least 20 s
-        for k, (img, lab, _, _) in enumerate(loader):
+        for k, (img, lab, _, _) in enumerate(batches):
             for j in range(len(img)):
                 i = 4 * k + j
                 assert torch.equal(img[j], want[i][0]) and torch.equal(lab[j], want[i][1]), i
                 seen += 1
         rounds += 1
+        batches = iter(loader)  # the same persistent workers, the next pass
         if time.monotonic() - t0 > 120:
             break
     seconds = time.monotonic() - t0

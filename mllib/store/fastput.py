@@ -270,8 +270,7 @@ class FastPut:
         self.store = store
         self.enabled = enabled and os.environ.get("MLLIB_FAST_PUT", "1") != "0"
         self._conn = PerProcess(self._connect)  # one pool per process
-        self._lock = threading.Lock()
-        self._failures = 0  # consecutive, across threads
+        self._failures = 0  # consecutive, across threads (no lock: one a forked child could inherit held)
 
     def __getstate__(self):
         return {"store": self.store, "enabled": self.enabled}
@@ -298,9 +297,10 @@ class FastPut:
         return ok
 
     def _count(self, ok: bool) -> None:
-        """A request's outcome: consecutive failures (MAX_FAILURES turn the fast path off) or none."""
-        with self._lock:
-            self._failures = 0 if ok else self._failures + 1
+        """A request's outcome: consecutive failures (MAX_FAILURES turn the fast path off) or none. Without a lock:
+        a DataLoader forks its workers from a process whose threads may be counting, and a lock held at that moment
+        would stay held in the child for ever; a count two threads race on is off by one at worst."""
+        self._failures = 0 if ok else self._failures + 1
 
     def _signed_get(self, c: _Conn, path: str, query: str = "", extra: dict | None = None) -> tuple[int, bytearray]:
         """(status, body) of a signed GET of `path` (and its canonical `query`) over the kept connections."""
