@@ -53,6 +53,15 @@ def trainer(args, driver=(), timeout=300, torchrun=0, env=None):
                           timeout=timeout, env=env or ENV)
 
 
+def together(*runs):
+    """Independent runs (each its own model name and files) at once, their results in order: the suite's time is
+    mostly each trainer's start-up, which two cores overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return [f.result() for f in [pool.submit(run) for run in runs]]
+
+
 def steps_of(path) -> list[list[str]]:
     """The samples of each step a run trained on (tests/trainer.py --digests)."""
     return [line.split() for line in Path(path).read_text().splitlines()]
@@ -88,11 +97,11 @@ def test_sigkill_after_a_mid_epoch_checkpoint_resumes_exactly(local_store, tmp_p
     put_data(local_store, tmp_path, records=records)
     data = ["--records", "r"] if records else []
     run = ["--epochs", "3", "--max_steps", "8", *data, *(RECIPE if recipe else [])]
-    ref = trainer(flags(local_store, tmp_path, "ref", *run), ["--digests", str(tmp_path / "ref.txt")])
-    assert ref.returncode == 0, ref.stderr[-4000:]
     # checkpoints at steps 3 (every 3), 5 (epoch end), 6 (every 3): killed after the third
-    k = trainer(flags(local_store, tmp_path, "k", *run, "--checkpoint_every", "3"),
-                ["--digests", str(tmp_path / "k.txt"), "--kill_after_save", "3"])
+    ref, k = together(lambda: trainer(flags(local_store, tmp_path, "ref", *run), ["--digests", str(tmp_path / "ref.txt")]),
+                      lambda: trainer(flags(local_store, tmp_path, "k", *run, "--checkpoint_every", "3"),
+                                      ["--digests", str(tmp_path / "k.txt"), "--kill_after_save", "3"]))
+    assert ref.returncode == 0, ref.stderr[-4000:]
     assert k.returncode == -signal.SIGKILL, k.stderr[-4000:]
     ck = train.load_checkpoint(local_store, "k", "cpu")
     assert (ck["step"], ck["epoch"], ck["epoch_complete"]) == (6, 1, False)
@@ -116,16 +125,25 @@ def test_resume_with_another_worker_count_is_exact(local_store, tmp_path):
     """CocoDataset: killed with 2 workers after its step-3 checkpoint, resumed with 0 (and 1): identical."""
     put_data(local_store, tmp_path)
     run = ["--epochs", "2", "--max_steps", "7"]
-    ref = trainer(flags(local_store, tmp_path, "ref", *run), ["--digests", str(tmp_path / "ref.txt")])
+
+    def killed(name):
+        return lambda: trainer(flags(local_store, tmp_path, name, *run, "--checkpoint_every", "3"),
+                               ["--digests", str(tmp_path / f"{name}.txt"), "--kill_after_save", "1"])
+
+    def resumed(workers):
+        return lambda: trainer(flags(local_store, tmp_path, f"w{workers}", *run, "--resume", workers=workers),
+                               ["--digests", str(tmp_path / f"w{workers}.txt")])
+
+    ref, *ks = together(lambda: trainer(flags(local_store, tmp_path, "ref", *run),
+                                        ["--digests", str(tmp_path / "ref.txt")]), killed("w0"), killed("w1"))
     assert ref.returncode == 0, ref.stderr[-4000:]
-    for workers in (0, 1):
-        name = f"w{workers}"
-        k = trainer(flags(local_store, tmp_path, name, *run, "--checkpoint_every", "3"),
-                    ["--digests", str(tmp_path / f"{name}.txt"), "--kill_after_save", "1"])
+    for k in ks:
         assert k.returncode == -signal.SIGKILL, k.stderr[-4000:]
-        assert train.load_checkpoint(local_store, name, "cpu")["position"]["samples"] == 6
-        r = trainer(flags(local_store, tmp_path, name, *run, "--resume", workers=workers),
-                    ["--digests", str(tmp_path / f"{name}.txt")])
+    for workers in (0, 1):
+        assert train.load_checkpoint(local_store, f"w{workers}", "cpu")["position"]["samples"] == 6
+    rs = together(resumed(0), resumed(1))
+    for workers, r in zip((0, 1), rs, strict=True):
+        name = f"w{workers}"
         assert r.returncode == 0, r.stderr[-4000:]
         assert steps_of(tmp_path / f"{name}.txt") == steps_of(tmp_path / "ref.txt")
         assert_same_weights(weights(local_store, name), weights(local_store, "ref"))
@@ -159,10 +177,10 @@ def test_sigterm_checkpoints_within_the_grace_time_and_resumes_exactly(local_sto
     assert len(steps_of(digests)) == stopped  # the checkpoint holds every step that ran, and no other
     assert ck["position"]["samples"] == 2 * stopped
     total = stopped + 22  # into epoch 1 (20 steps an epoch)
-    r = trainer([*args, "--resume", "--max_steps", str(total)], ["--digests", str(digests)])
+    r, ref = together(lambda: trainer([*args, "--resume", "--max_steps", str(total)], ["--digests", str(digests)]),
+                      lambda: trainer(flags(local_store, tmp_path, "ref", "--epochs", "2", "--max_steps", str(total)),
+                                      ["--digests", str(tmp_path / "ref.txt")]))
     assert r.returncode == 0, r.stderr[-4000:]
-    ref = trainer(flags(local_store, tmp_path, "ref", "--epochs", "2", "--max_steps", str(total)),
-                  ["--digests", str(tmp_path / "ref.txt")])
     assert ref.returncode == 0, ref.stderr[-4000:]
     assert steps_of(digests) == steps_of(tmp_path / "ref.txt")
     assert_same_weights(weights(local_store, "s"), weights(local_store, "ref"))
@@ -238,11 +256,11 @@ def test_torchrun_kill_and_resume_exact_then_one_rank_finishes_the_epoch(local_s
     two-rank run. Killed again and resumed on one rank: the epoch goes on with every sample exactly once."""
     put_data(local_store, tmp_path, n=16)  # two ranks x batch 2: 4 steps an epoch
     run = ["--epochs", "2", "--max_steps", "6"]
-    ref = trainer(flags(local_store, tmp_path, "ref", *run, workers=1), ["--digests", str(tmp_path / "ref.txt")],
-                  torchrun=2)
+    ref, k = together(lambda: trainer(flags(local_store, tmp_path, "ref", *run, workers=1),
+                                      ["--digests", str(tmp_path / "ref.txt")], torchrun=2),
+                      lambda: trainer(flags(local_store, tmp_path, "k", *run, "--checkpoint_every", "5", workers=1),
+                                      ["--kill_after_save", "2", "--digests", str(tmp_path / "k.txt")], torchrun=2))
     assert ref.returncode == 0, ref.stderr[-4000:]
-    k = trainer(flags(local_store, tmp_path, "k", *run, "--checkpoint_every", "5", workers=1),
-                ["--kill_after_save", "2", "--digests", str(tmp_path / "k.txt")], torchrun=2)
     assert k.returncode != 0
     ck = train.load_checkpoint(local_store, "k", "cpu")
     assert (ck["step"], ck["epoch"], ck["position"]["samples"]) == (5, 1, 4)
@@ -255,8 +273,10 @@ def test_torchrun_kill_and_resume_exact_then_one_rank_finishes_the_epoch(local_s
     assert_same_weights(weights(local_store, "k"), weights(local_store, "ref"))
 
     # two ranks again, stopped after one step of epoch 1 (step 5), then one rank to the end of epoch 1
-    e = trainer(flags(local_store, tmp_path, "e", *run, "--checkpoint_every", "5", workers=1),
-                ["--kill_after_save", "2", "--digests", str(tmp_path / "e.txt")], torchrun=2)
+    e, full = together(lambda: trainer(flags(local_store, tmp_path, "e", *run, "--checkpoint_every", "5", workers=1),
+                                       ["--kill_after_save", "2", "--digests", str(tmp_path / "e.txt")], torchrun=2),
+                       lambda: trainer(flags(local_store, tmp_path, "full", "--epochs", "2", workers=1),
+                                       ["--digests", str(tmp_path / "full.txt")]))
     assert e.returncode != 0
     keep_steps(tmp_path / "e.txt", 5)
     one = trainer(flags(local_store, tmp_path, "e", "--epochs", "2", "--resume", workers=1),
@@ -267,8 +287,6 @@ def test_torchrun_kill_and_resume_exact_then_one_rank_finishes_the_epoch(local_s
         [d for s in steps_of(tmp_path / "e1.txt") for d in s]
     assert len(steps_of(tmp_path / "e1.txt")) == 6  # 12 samples left, batch 2 on one rank
     # every sample of epoch 1 exactly once: the 16 samples an uninterrupted one-rank epoch 1 trains on
-    full = trainer(flags(local_store, tmp_path, "full", "--epochs", "2", workers=1),
-                   ["--digests", str(tmp_path / "full.txt")])
     assert full.returncode == 0, full.stderr[-4000:]
     reference = [d for s in steps_of(tmp_path / "full.txt")[8:] for d in s]
     assert len(reference) == 16 and len(set(reference)) == 16
@@ -325,14 +343,14 @@ def test_records_resume_with_another_worker_count_gives_every_remaining_record_o
     record of the epoch that was not trained on yet, exactly once."""
     put_data(local_store, tmp_path, n=12, records=True)  # 6 shards of 2
     run = ["--records", "r", "--epochs", "1"]
-    k = trainer(flags(local_store, tmp_path, "k", *run, "--checkpoint_every", "2"),
-                ["--kill_after_save", "1", "--digests", str(tmp_path / "k.txt")])
+    k, ref = together(lambda: trainer(flags(local_store, tmp_path, "k", *run, "--checkpoint_every", "2"),
+                                      ["--kill_after_save", "1", "--digests", str(tmp_path / "k.txt")]),
+                      lambda: trainer(flags(local_store, tmp_path, "ref", *run), ["--digests", str(tmp_path / "ref.txt")]))
     assert k.returncode == -signal.SIGKILL, k.stderr[-4000:]
+    assert ref.returncode == 0, ref.stderr[-4000:]
     r = trainer(flags(local_store, tmp_path, "k", *run, "--resume", workers=1), ["--digests", str(tmp_path / "k.txt")])
     assert r.returncode == 0, r.stderr[-4000:]
     got = [d for s in steps_of(tmp_path / "k.txt") for d in s]
-    ref = trainer(flags(local_store, tmp_path, "ref", *run), ["--digests", str(tmp_path / "ref.txt")])
-    assert ref.returncode == 0, ref.stderr[-4000:]
     want = [d for s in steps_of(tmp_path / "ref.txt") for d in s]
     assert len(want) == 12 and Counter(got) == Counter(want)
     assert json.loads((tmp_path / "k.jsonl").read_text().splitlines()[-1])["step"] == 6
