@@ -364,3 +364,28 @@ def test_grey_labels_read_the_same_through_libspng_and_opencv(spng, monkeypatch)
     for bad in (data[: len(data) // 2], data[:idat + 10] + bytes([data[idat + 10] ^ 0xFF]) + data[idat + 11:]):
         with pytest.raises(LabelError, match="x/a.png"):
             base.read_label(bad, "x/a.png", "index")
+
+
+def test_a_conversion_lists_every_folder_at_once(local_store, monkeypatch):
+    """Two folder entries (train, val), images and labels under prefixes of their own: the four listings are read at
+    once, not one after the other (each waits here until all four have started; in turn, the first never ends)."""
+    import threading
+
+    from mllib.records.sources import Worker
+
+    put_own(local_store, "L", n=3)
+    put_folder(local_store, "datasets/other", n=2, mode="L")
+    val = dict(FOLDER, imagepath="datasets/other/images", labelpath="datasets/other/masks", set="val")
+    started, barrier, real = [], threading.Barrier(4, timeout=20), local_store.list
+
+    def listing(prefix, *a, **kw):
+        started.append(prefix)
+        if len(started) <= 4:
+            barrier.wait()  # BrokenBarrierError after 20 s unless the four are in flight together
+        return real(prefix, *a, **kw)
+
+    monkeypatch.setattr(local_store, "list", listing)
+    w = Worker(local_store, sources.resolve([FOLDER, val]), None, "class", False)
+    assert [len(s) for s in w.open_all()] == [3, 2]
+    assert sorted(started) == ["datasets/other/images/", "datasets/other/masks/", "datasets/own/images/",
+                               "datasets/own/masks/"]

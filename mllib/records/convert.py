@@ -129,7 +129,7 @@ class Conversion:
                 "seed": self.seed, "skip_bad": self.skip_bad}
 
     def plan(self, worker: Worker) -> dict[str, list[dict]]:
-        msources.check_class_space(worker.classes, [worker.source(k) for k in range(len(self.entries))])
+        msources.check_class_space(worker.classes, worker.open_all())
         sets: dict[str, list[tuple[int, int]]] = {}
         self.unpaired = {}
         for k, e in enumerate(self.entries):
@@ -240,7 +240,8 @@ class Conversion:
         with ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(self.store, self.entries, self.classes_file, self.crowd,
                                            self.skip_bad, getattr(self, "_preloaded", None))) as pool:
-            futures = {pool.submit(_write_shard, t): t for t in todo}
+            # the largest shards first: the last ones to finish, alone on a worker, are the smallest
+            futures = {pool.submit(_write_shard, t): t for t in sorted(todo, key=lambda t: -len(t["items"]))}
             pending = set(futures)
             try:
                 while pending:

@@ -32,17 +32,33 @@ class Worker:
         self.classes = msources.set_classes(store, entries, main_classes)
         self._sources: dict[int, Source] = dict(preloaded or {})  # sources another process opened (shippable())
         self._lock = threading.Lock()  # the read-ahead threads ask for sources too: each is loaded once
+        self._loading: dict[int, threading.Lock] = {}  # one lock per source: several load at once (open_all)
 
     def source(self, k: int) -> Source:
         src = self._sources.get(k)
         if src is None:
             with self._lock:
+                lock = self._loading.setdefault(k, threading.Lock())
+            with lock:
                 if k not in self._sources:
                     e = self.entries[k]
                     d = msources.entry_classes(self.store, e, self.classes)
-                    self._sources[k] = msources.get(e.type)(self.store, e, d, crowd=self.crowd)
+                    opened = msources.get(e.type)(self.store, e, d, crowd=self.crowd)
+                    with self._lock:
+                        self._sources[k] = opened
                 src = self._sources[k]
         return src
+
+    def open_all(self) -> list[Source]:
+        """Every entry's source, the entries' listings and indexes read at once (mostly waits on the store's
+        pages); the first error is raised."""
+        n = len(self.entries)
+        if n <= 1:
+            return [self.source(k) for k in range(n)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(n, 8), thread_name_prefix="mllib-open") as pool:
+            return list(pool.map(self.source, range(n)))
 
     def items(self, k: int) -> int:
         return len(self.source(k))

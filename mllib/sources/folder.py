@@ -95,9 +95,16 @@ class FolderSource(Source):
                               f"suffixes ({', '.join(self.image_suffixes)} / {self.label_suffix}) do not tell them "
                               "apart: give labelpath, or image_suffix and label_suffix (e.g. '.jpg' and '_mask.png')")
         self.reader = LabelReader(self.classes, spec.label_format, colors, spec.label_offset, spec.mat_field)
-        images = self._scan(self.image_prefix, self.image_suffixes,
-                            exclude=self.label_suffix if same else None)
-        labels = self._scan(self.label_prefix, (self.label_suffix,), exclude=None)
+        if same:
+            images = self._scan(self.image_prefix, self.image_suffixes, exclude=self.label_suffix)
+            labels = self._scan(self.label_prefix, (self.label_suffix,), exclude=None)
+        else:  # the two listings at once: a listing is mostly waiting for the store's pages
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="mllib-list") as pool:
+                listed = pool.submit(self._scan, self.label_prefix, (self.label_suffix,), None)
+                images = self._scan(self.image_prefix, self.image_suffixes, exclude=None)
+                labels = listed.result()
         split = self.split_stems()
         excluded = self.excluded_stems()
         if excluded:
