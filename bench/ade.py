@@ -2,7 +2,7 @@
 images, and peak memory at two sizes.
 
     python3 bench/ade.py [--train 20210] [--val 2000] [--small 0.1] [--shared ../shared/data] [--jobs 2]
-                         [--placement shared,own]
+                         [--placement shared,own] [--rounds 1]
 
 Builds, from the real images of ../shared/data/coco-real under new names, an ADEChallengeData2016.zip in ADE20K's
 layout (labels: index PNGs 0..150 drawn from each image's real COCO annotations, category id -> 1..150, written
@@ -11,10 +11,12 @@ PNGs that take twice as long to decode: 1.0 vs 0.56 ms for these 640x480 labels)
   getdataset ade20k    download, verify, extract (datasets/getdataset.py --base_url --checksums)
   ade cocorecord       cocorecord.py --dataset ade20k --jobs 2, at --small of the size and at the full size
   coco cocorecord      getcoco.py then cocorecord.py --jobs 2 of the same images as COCO (JSON rendered)
-and prints per stage time, images/s and the peak memory of its process tree, then the goals: ADE20K's conversion
-per image no slower than COCO's (ratio >= 1.0), and peak memory flat with size (full / small <= 1.25). The
-full-size conversions run once per --placement: SeaweedFS sharing the converters' CPUs, and on a CPU of its own
-(ADE20K reads two objects per image, COCO one: on shared CPUs the server's work for each GET is the converters').
+and prints per stage time, images/s, the client CPU per image (the command and the processes it waited for) and
+the peak memory of its process tree, then the goals: ADE20K's conversion per image no slower than COCO's (ratio >=
+1.0, of the medians of --rounds conversions each, in alternating order), and peak memory flat with size (full /
+small <= 1.25). The full-size conversions run per --placement: SeaweedFS sharing the converters' CPUs, and on a CPU
+of its own (ADE20K reads two objects per image, COCO one: on shared CPUs the server's work for each GET is the
+converters').
 Before each conversion the page cache is dropped (as root), so both read SeaweedFS's volumes from disk: the data
 here (about 18 GB with the zips) does not all fit in memory, and otherwise the dataset written last (COCO) is read
 from memory and ADE20K's from disk.
@@ -96,6 +98,9 @@ def main() -> int:
     ap.add_argument("--small", type=float, default=0.1, help="the small run's fraction of the size")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="full-size conversions of each dataset per placement, in alternating order; the ratio is of "
+                         "the medians (one conversion of 22,210 images swings by 10%% from run to run here)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--placement", default="shared,own",
                     help="where SeaweedFS runs during the full-size conversions: shared (the converters' CPUs), own "
@@ -159,26 +164,32 @@ def main() -> int:
                 report("getcoco (same images)", secs, peak, n_all)
             finally:
                 mirror.kill()
-            for k, placement in enumerate(placements):  # the order alternates: a drift favours neither side
+            turn = 0
+            for placement in placements:  # the order alternates: a drift favours neither side
                 with store_cpu(server, placement) as where:
                     print(f"placement {placement}: {where}", flush=True)
-                    runs = [("ade", ade_cmd("full", f"ade-{placement}", args.jobs)),
-                            ("coco", [sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name",
-                                      f"coco-{placement}", "--store", "s3://coco", "--jobs", str(args.jobs),
-                                      "--no_progress"])]
-                    for kind, cmd in (runs if k % 2 == 0 else runs[::-1]):
-                        convert(f"{kind} cocorecord {placement}", cmd, n_all)
+                    for r in range(args.rounds):
+                        runs = [("ade", ade_cmd("full", f"ade-{placement}-{r}", args.jobs)),
+                                ("coco", [sys.executable, str(ROOT / "datasets" / "cocorecord.py"), "-trainingset_name",
+                                          f"coco-{placement}-{r}", "--store", "s3://coco", "--jobs", str(args.jobs),
+                                          "--no_progress"])]
+                        for kind, cmd in (runs if turn % 2 == 0 else runs[::-1]):
+                            convert(f"{kind} cocorecord {placement} {r}", cmd, n_all)
+                        turn += 1
     finally:
         server.stop()
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
     for placement in placements:
-        ade, coco = rows[f"ade cocorecord {placement}"], rows[f"coco cocorecord {placement}"]
-        ratio = (ade[2] / ade[0]) / (coco[2] / coco[0])
-        print(f"[{placement}] ADE20K conversion per image vs COCO's, {n_all:,} images: {ratio:.2f}x images/s "
-              "(goal >= 1.0)")
-    ade, sm = rows[f"ade cocorecord {placements[0]}"], rows["ade cocorecord small"]
+        rate = {kind: [rows[f"{kind} cocorecord {placement} {r}"][2] / rows[f"{kind} cocorecord {placement} {r}"][0]
+                       for r in range(args.rounds)] for kind in ("ade", "coco")}
+        med = {kind: float(np.median(v)) for kind, v in rate.items()}
+        each = "" if args.rounds == 1 else (" (medians of " + ", ".join(
+            f"{kind} " + " / ".join(f"{v:.1f}" for v in vs) for kind, vs in rate.items()) + ")")
+        print(f"[{placement}] ADE20K conversion per image vs COCO's, {n_all:,} images: {med['ade']:.1f} vs "
+              f"{med['coco']:.1f} images/s = {med['ade'] / med['coco']:.2f}x{each} (goal >= 1.0)")
+    ade, sm = rows[f"ade cocorecord {placements[0]} 0"], rows["ade cocorecord small"]
     print(f"ADE20K conversion peak memory, {n_all:,} vs {sum(small):,} images: {ade[1] / 1e9:.2f} vs "
           f"{sm[1] / 1e9:.2f} GB, {ade[1] / sm[1]:.2f}x (goal <= 1.25: flat with size)")
     return 0
