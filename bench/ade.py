@@ -131,6 +131,22 @@ def main() -> int:
         if not cold:
             text += " (page cache not dropped: not root)"
         report(label, secs, peak, n, text.strip().splitlines()[-1][:90])
+        drop(cmd)
+
+    def drop(cmd):
+        """Delete the training set a full-size conversion wrote (3.5 GB each): the server's volumes hold the data
+        and one of them, whatever --rounds is."""
+        from mllib import layout
+        from mllib import store as mstore
+
+        bucket, name = cmd[cmd.index("--store") + 1], cmd[cmd.index("-trainingset_name") + 1]
+        if bucket == "s3://small":
+            return
+        st = mstore.connect(bucket)
+        keys = [info.key for info in st.list(layout.trainingset(name) + "/")]
+        for key in keys:
+            st.delete(key)
+        print(f"  {len(keys)} objects of {bucket}/{layout.trainingset(name)} deleted", flush=True)
 
     try:
         with server.environment():
