@@ -36,9 +36,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import scale
 from realcoco import DEFAULT_SHARED, cold_cache, require_sample, store_cpu
-from scale import ROOT, build_mirror, stage
+from scale import ROOT, build_mirror, stage_cpu
 
 
 def ade_labels(real: Path) -> dict[str, bytes]:
@@ -117,20 +116,24 @@ def main() -> int:
     small = (max(1, int(args.train * args.small)), max(1, int(args.val * args.small)))
     rows = {}
 
-    def report(name, seconds, peak, n, extra=""):
+    def report(name, n, seconds, peak, text, cpu, extra=""):
+        """One stage's line: time, images/s, peak memory and client CPU per image (stage_cpu()'s figures)."""
         rows[name] = (seconds, peak, n)
         print(f"{name:22s}: {seconds:7.1f} s, {n / seconds:7.1f} images/s, peak memory {peak / 1e9:5.2f} GB, "
-              f"client CPU {1e3 * scale.LAST_CPU / n:5.2f} ms/image {extra}", flush=True)
+              f"client CPU {1e3 * cpu / n:5.2f} ms/image {extra}", flush=True)
+
+    def rate(name):
+        seconds, _, n = rows[name]
+        return n / seconds
 
     server = SeaweedS3(tmp / "weed", volume_size_mb=1024, volumes=40).start()
     placements = args.placement.split(",")
 
     def convert(label, cmd, n):
         cold = cold_cache()  # each conversion reads the store from disk: not the dataset written last from memory
-        secs, peak, text = stage(cmd, env)
-        if not cold:
-            text += " (page cache not dropped: not root)"
-        report(label, secs, peak, n, text.strip().splitlines()[-1][:90])
+        got = stage_cpu(cmd, env)
+        note = got[2].strip().splitlines()[-1][:90] + ("" if cold else " (page cache not dropped: not root)")
+        report(label, n, *got, note)
         drop(cmd)
 
     def drop(cmd):
@@ -159,11 +162,10 @@ def main() -> int:
                       f"{os.cpu_count()} cores", flush=True)
                 mirror, url = serve(site)
                 try:
-                    secs, peak, _ = stage([sys.executable, str(ROOT / "datasets" / "getdataset.py"), "ade20k",
-                                           "--store", f"s3://{bucket}", "--base_url", url, "--checksums",
-                                           str(site / "checksums.tsv"), "--workdir", str(tmp / "dl"),
-                                           "--no_progress"], env)
-                    report(f"getdataset ade20k {bucket}", secs, peak, nt + nv)
+                    report(f"getdataset ade20k {bucket}", nt + nv, *stage_cpu(
+                        [sys.executable, str(ROOT / "datasets" / "getdataset.py"), "ade20k", "--store", f"s3://{bucket}",
+                         "--base_url", url, "--checksums", str(site / "checksums.tsv"), "--workdir", str(tmp / "dl"),
+                         "--no_progress"], env))
                 finally:
                     mirror.kill()
                 if bucket == "small":
@@ -173,11 +175,10 @@ def main() -> int:
             build_mirror(real, tmp / "coco-site", args.train, args.val)
             mirror, url = serve(tmp / "coco-site")
             try:
-                secs, peak, _ = stage([sys.executable, str(ROOT / "datasets" / "getcoco.py"), "--store", "s3://coco",
-                                       "--base_url", url, "--checksums", str(tmp / "coco-site" / "checksums.tsv"),
-                                       "--workdir", str(tmp / "dl"), "--files",
-                                       "train2017.zip,val2017.zip,annotations_trainval2017.zip", "--no_progress"], env)
-                report("getcoco (same images)", secs, peak, n_all)
+                report("getcoco (same images)", n_all, *stage_cpu(
+                    [sys.executable, str(ROOT / "datasets" / "getcoco.py"), "--store", "s3://coco", "--base_url", url,
+                     "--checksums", str(tmp / "coco-site" / "checksums.tsv"), "--workdir", str(tmp / "dl"), "--files",
+                     "train2017.zip,val2017.zip,annotations_trainval2017.zip", "--no_progress"], env))
             finally:
                 mirror.kill()
             turn = 0
@@ -198,11 +199,11 @@ def main() -> int:
 
         shutil.rmtree(tmp, ignore_errors=True)
     for placement in placements:
-        rate = {kind: [rows[f"{kind} cocorecord {placement} {r}"][2] / rows[f"{kind} cocorecord {placement} {r}"][0]
-                       for r in range(args.rounds)] for kind in ("ade", "coco")}
-        med = {kind: float(np.median(v)) for kind, v in rate.items()}
+        rates = {kind: [rate(f"{kind} cocorecord {placement} {r}") for r in range(args.rounds)]
+                 for kind in ("ade", "coco")}
+        med = {kind: float(np.median(v)) for kind, v in rates.items()}
         each = "" if args.rounds == 1 else (" (medians of " + ", ".join(
-            f"{kind} " + " / ".join(f"{v:.1f}" for v in vs) for kind, vs in rate.items()) + ")")
+            f"{kind} " + " / ".join(f"{v:.1f}" for v in vs) for kind, vs in rates.items()) + ")")
         print(f"[{placement}] ADE20K conversion per image vs COCO's, {n_all:,} images: {med['ade']:.1f} vs "
               f"{med['coco']:.1f} images/s = {med['ade'] / med['coco']:.2f}x{each} (goal >= 1.0)")
     ade, sm = rows[f"ade cocorecord {placements[0]} 0"], rows["ade cocorecord small"]

@@ -103,9 +103,12 @@ def tree_rss(pid: int) -> int:
 
 
 def stage(cmd: list[str], env: dict, on_line=None) -> tuple[float, int, str]:
-    """(seconds, peak RSS of the process tree, stderr) of a command; on_line(time, line) for each stderr line. The
-    CPU seconds (user + system) of the command and the processes it waited for are in LAST_CPU afterwards."""
-    global LAST_CPU
+    """(seconds, peak RSS of the process tree, stderr) of a command; on_line(time, line) for each stderr line."""
+    return stage_cpu(cmd, env, on_line)[:3]
+
+
+def stage_cpu(cmd: list[str], env: dict, on_line=None) -> tuple[float, int, str, float]:
+    """stage()'s figures and the CPU seconds (user + system) of the command and the processes it waited for."""
     cpu0 = _children_cpu()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -126,13 +129,10 @@ def stage(cmd: list[str], env: dict, on_line=None) -> tuple[float, int, str]:
     t.join()
     out = p.stdout.read()
     seconds = time.perf_counter() - t0
-    LAST_CPU = _children_cpu() - cpu0
+    cpu = _children_cpu() - cpu0
     if p.returncode != 0:
         raise SystemExit(f"{cmd[1]} failed ({p.returncode}):\n{''.join(err)[-3000:]}\n{out[-2000:]}")
-    return seconds, peak, "".join(err) + out
-
-
-LAST_CPU = 0.0  # CPU seconds of the last stage()
+    return seconds, peak, "".join(err) + out, cpu
 
 
 def _children_cpu() -> float:

@@ -389,3 +389,15 @@ def test_a_conversion_lists_every_folder_at_once(local_store, monkeypatch):
     assert [len(s) for s in w.open_all()] == [3, 2]
     assert sorted(started) == ["datasets/other/images/", "datasets/other/masks/", "datasets/own/images/",
                                "datasets/own/masks/"]
+
+
+def test_one_folder_of_images_and_labels_is_listed_once(local_store, monkeypatch):
+    """Images and labels under one prefix, told apart by suffix: one listing serves both."""
+    put_folder(local_store, "datasets/one", n=3, label_dir="images", label_suffix="_mask.png", mode="L")
+    calls, real = [], local_store.list
+    monkeypatch.setattr(local_store, "list", lambda prefix, *a, **kw: calls.append(prefix) or real(prefix, *a, **kw))
+    spec = {"type": "folder", "dataset": "one", "imagepath": "images", "image_suffix": ".jpg",
+            "label_suffix": "_mask.png"}
+    src = sources.open_source(local_store, spec, sources.load_classes(None, OWN))
+    assert len(src) == 3 and all(src.label_key(i).endswith("_mask.png") for i in range(3))
+    assert calls == ["datasets/one/images/"]

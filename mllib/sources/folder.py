@@ -95,9 +95,10 @@ class FolderSource(Source):
                               f"suffixes ({', '.join(self.image_suffixes)} / {self.label_suffix}) do not tell them "
                               "apart: give labelpath, or image_suffix and label_suffix (e.g. '.jpg' and '_mask.png')")
         self.reader = LabelReader(self.classes, spec.label_format, colors, spec.label_offset, spec.mat_field)
-        if same:
-            images = self._scan(self.image_prefix, self.image_suffixes, exclude=self.label_suffix)
-            labels = self._scan(self.label_prefix, (self.label_suffix,), exclude=None)
+        if same:  # one folder, one listing for both
+            listing = list(self.store.list(self.image_prefix + "/"))
+            images = self._scan(self.image_prefix, self.image_suffixes, exclude=self.label_suffix, listing=listing)
+            labels = self._scan(self.label_prefix, (self.label_suffix,), exclude=None, listing=listing)
         else:  # the two listings at once: a listing is mostly waiting for the store's pages
             from concurrent.futures import ThreadPoolExecutor
 
@@ -149,11 +150,13 @@ class FolderSource(Source):
             out.update(read_split(self.store, self.spec.key(k)))
         return out
 
-    def _scan(self, prefix: str, suffixes: tuple[str, ...], exclude: str | None) -> dict[str, str]:
-        """{stem: key} of the keys under prefix/ that end with one of suffixes (case-insensitive)."""
+    def _scan(self, prefix: str, suffixes: tuple[str, ...], exclude: str | None,
+              listing: list | None = None) -> dict[str, str]:
+        """{stem: key} of the keys under prefix/ (listed now, or `listing`, the listing of prefix/ already read)
+        that end with one of suffixes (case-insensitive)."""
         out: dict[str, str] = {}
         lower = tuple(s.lower() for s in suffixes)
-        for info in self.store.list(prefix + "/"):
+        for info in self.store.list(prefix + "/") if listing is None else listing:
             rel = info.key[len(prefix) + 1:]
             low = rel.lower()
             if _hidden(rel) or (exclude and low.endswith(exclude.lower())):
