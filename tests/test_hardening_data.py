@@ -19,7 +19,7 @@ from mllib import images
 from mllib import store as mstore
 
 from .cocofake import jpeg, put_coco
-from .conftest import load_script
+from .conftest import SHARED, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,6 +225,54 @@ def test_image_corrupt_in_the_middle_is_skipped_in_conversion(tmp_path):
     desc = json.loads(s.get_bytes("trainingsets/t/description.json"))
     skipped = desc["sets"]["val"]["skipped"]
     assert desc["sets"]["val"]["length"] == 2 and len(skipped) == 1 and name in skipped[0]["key"]
+
+
+def _full_decode_verdict(data: bytes) -> str | None:
+    """What a full-size strict decode says of a JPEG: None (clean) or its error."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        return None
+    except ValueError as e:
+        return str(e)
+
+
+def test_jpeg_check_at_one_eighth_scale_refuses_what_a_full_decode_refuses():
+    """images.verify decodes a JPEG's pixels at 1/8 scale (every coefficient still entropy-decoded): over 300 random
+    corruptions (bit flips, overwritten runs, truncations, some in the last rows) it refuses exactly those a full
+    decode refuses, and passes the others."""
+    import random
+
+    samples = [jpeg(240, 320, 5), jpeg(480, 640, 6, gray=True)]
+    real = SHARED / "coco-real" / "val2017"
+    if real.is_dir():  # and two real COCO images where the shared sample data is present
+        samples += [p.read_bytes() for p in sorted(real.glob("*.jpg"))[:2]]
+    rng = random.Random(0)
+    verdicts = {"refused": 0, "passed": 0}
+    for k in range(300):
+        b = bytearray(samples[k % len(samples)])
+        kind = ("flip", "run", "truncate", "tail")[k % 4]
+        if kind == "flip":
+            b[rng.randrange(700, len(b) - 2)] ^= 1 << rng.randrange(8)
+        elif kind == "run":
+            i = rng.randrange(700, len(b) - 40)
+            b[i : i + 20] = bytes(rng.randrange(256) for _ in range(20))
+        elif kind == "truncate":
+            b = b[: rng.randrange(700, len(b) - 2)]
+        else:  # the scan's last bytes: the bottom rows
+            i = len(b) - 2 - rng.randrange(1, 60)
+            b[i] ^= 0xFF
+        data = bytes(b)
+        full = _full_decode_verdict(data)
+        try:
+            images.verify(data)
+            ours = None
+        except images.ImageError as e:
+            ours = str(e)
+        assert (ours is None) == (full is None), (kind, k, ours, full)
+        verdicts["passed" if ours is None else "refused"] += 1
+    assert verdicts["refused"] >= 100 and verdicts["passed"] >= 30, verdicts
 
 
 # -- 19. the index cache is tied to the JSON's content ----------------------------------------------------------------------
