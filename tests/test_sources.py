@@ -338,6 +338,35 @@ def test_label_counts_from_the_value_histogram_equal_a_count_of_the_trainids(mod
     assert counts.sum() == ids.size and len(counts) == 256
 
 
+@pytest.mark.parametrize("name, offset", [("ade20k", 0), ("cocostuff", 1), ("voc", 0), ("coco", 0)])
+def test_labels_that_map_by_one_step_equal_the_table(name, offset):
+    """ADE20K's maps hold id - 1 with 0 ignore, so every value maps to value - 1 modulo 256 and the reader adds
+    instead of looking up each pixel. With the ignore value 255 present (it stays 255, not 254), or values that map
+    by different steps, it looks them up: the trainIds equal the dictionary's table applied pixel by pixel in
+    every case."""
+    from mllib.labels import classes
+    from mllib.sources.base import LabelReader
+
+    d = classes.load(name)
+    reader = LabelReader(d, "index", None, offset=offset)
+    table = d.lut if not offset else d.lut[np.minimum(sources.base.shift_table(256, offset, d.ignore), 255)]
+    allowed = np.flatnonzero(d.mapped) if not offset else np.flatnonzero(table != 255)
+    rng = np.random.default_rng(11)
+    cases = {"regions": np.kron(rng.choice(allowed[allowed != d.ignore], (6, 8)), np.ones((7, 9))),
+             "with ignore": np.pad(np.kron(rng.choice(allowed[allowed != d.ignore], (6, 8)), np.ones((7, 9))), 2,
+                                   constant_values=d.ignore),
+             "one value": np.full((5, 5), allowed[allowed != d.ignore][-1])}
+    for what, ids in cases.items():
+        ids = ids.astype(np.uint8)
+        train, counts = reader.train_ids_counts(png(ids, "L"), "k.png", ids.shape)
+        assert np.array_equal(train, table[ids]), (name, what)
+        assert np.array_equal(counts, np.bincount(train.ravel(), minlength=256)), (name, what)
+    if name == "ade20k":  # the case the addition is for: 0 -> 255 and v -> v - 1 in one step
+        ids = np.arange(151, dtype=np.uint8).reshape(1, 151)
+        assert np.array_equal(reader.train_ids(png(ids, "L"), "k.png", None),
+                              np.concatenate([[255], np.arange(150)]).astype(np.uint8)[None])
+
+
 @pytest.mark.parametrize("spng", [True, False])
 def test_grey_labels_read_the_same_through_libspng_and_opencv(spng, monkeypatch):
     """8-bit grey label PNGs (as Pillow writes them, with row filters, and as mllib writes them) are read through

@@ -513,6 +513,7 @@ class LabelReader:
         # the dictionary's lookup table is composed with it, so no pixel is shifted one by one
         self.shift = shift_table(256, offset, d.ignore) if offset else None
         self.lut = d.lut if self.shift is None else d.lut[np.minimum(self.shift, 255)]
+        self.steps = (self.lut.astype(np.int64) - np.arange(256)) % 256  # what each value's mapping adds, mod 256
 
     @property
     def colors(self) -> ColorTable:
@@ -548,8 +549,22 @@ class LabelReader:
         if binary and not self.binary_warned:
             self.binary_warned = True
             log.warning("%s", binary_warning(key, self.d))
-        train = map_ids(ids, self.lut if ids.dtype == np.uint8 else self.d.lut)
+        # (counts are of the values as read, but for an offset's: those are of the shifted values)
+        step = one_step(self.steps, counts) if ids.dtype == np.uint8 and counts is not None and not self.offset \
+            else None
+        if step is not None:  # every value present maps by the same addition: one SIMD add, no table per pixel
+            train = np.add(ids, np.uint8(step), dtype=np.uint8)
+        else:
+            train = map_ids(ids, self.lut if ids.dtype == np.uint8 else self.d.lut)
         return train, (pixel_counts(train) if counts is None else train_counts(counts, self.d))
+
+
+def one_step(steps: np.ndarray, counts: np.ndarray) -> int | None:
+    """k where every value present in a label (counts: pixels per value) maps to value + k modulo 256 (steps: what
+    each value's mapping adds), else None. ADE20K's labels hold class + 1 with 0 for "other" (ignore): its dictionary
+    maps every value to value - 1, 0 -> 255 included; VOC's maps each to itself."""
+    ks = steps[np.flatnonzero(counts[:256])]
+    return int(ks[0]) if ks.size and (ks == ks[0]).all() else None
 
 
 def map_ids(ids: np.ndarray, lut: np.ndarray) -> np.ndarray:
