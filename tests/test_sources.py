@@ -430,3 +430,35 @@ def test_one_folder_of_images_and_labels_is_listed_once(local_store, monkeypatch
     src = sources.open_source(local_store, spec, sources.load_classes(None, OWN))
     assert len(src) == 3 and all(src.label_key(i).endswith("_mask.png") for i in range(3))
     assert calls == ["datasets/one/images/"]
+
+
+def test_an_items_image_and_label_are_read_at_once(local_store, monkeypatch):
+    """From a remote store an item's image and label are read at the same time (one round trip's wait, not two):
+    here each read waits until the other has started (in turn, the image's would never end). A label's read error
+    is raised at its item, as before; a label not in the store is None."""
+    import threading
+
+    from mllib.store import StoreError
+
+    put_own(local_store, "L", n=2)
+    src = sources.resolve([FOLDER])[0]
+    src = sources.get(src.type)(local_store, src, sources.entry_classes(local_store, src, None))
+    image, label = src.item(0)[0], src.label_key(0)
+    want = {"image": local_store.get_bytes(image), "label": local_store.get_bytes(label)}
+    barrier, real, seen = threading.Barrier(2, timeout=20), local_store.get_bytes, []
+
+    def get(key, *a, **kw):
+        seen.append(key)
+        if key in (image, label) and len(seen) <= 2:
+            barrier.wait()  # BrokenBarrierError after 20 s unless both reads are in flight together
+        if key == "broken":
+            raise StoreError("broken: connection reset")
+        return real(key, *a, **kw)
+
+    monkeypatch.setattr(local_store, "get_bytes", get)
+    monkeypatch.setattr(local_store, "local_path", lambda key="": None)  # as an S3 store
+    assert src.fetch(0) == want and sorted(seen) == sorted([image, label])
+    monkeypatch.setattr(src, "label_keys", ["broken", "datasets/own/masks/gone.png"])
+    with pytest.raises(StoreError, match="broken"):
+        src.fetch(0)
+    assert src.fetch(1)["label"] is None and src.fetch(1)["image"] == real(src.item(1)[0])
