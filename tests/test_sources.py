@@ -395,6 +395,30 @@ def test_grey_labels_read_the_same_through_libspng_and_opencv(spng, monkeypatch)
             base.read_label(bad, "x/a.png", "index")
 
 
+@pytest.mark.parametrize("spng", [True, False])
+def test_a_label_png_with_a_flipped_bit_is_refused_not_read_as_other_values(spng, monkeypatch):
+    """A bit flipped anywhere in a grey label PNG's image data, its Adler-32 or a chunk's CRC (a disk or transfer
+    fault) is a LabelError naming the file on either decoder path: libspng ignores CRCs and Adler-32 and would return
+    other values for most of these, libpng checks the CRCs."""
+    import struct
+
+    from mllib.labels.render import LabelError
+    from mllib.sources import base
+
+    monkeypatch.setattr(base, "_SPNG", [] if spng else [None])
+    rng = np.random.default_rng(5)
+    ids = np.repeat(np.repeat(rng.integers(0, 151, (12, 17)), 9, 0), 7, 1).astype(np.uint8)
+    data = png(ids, "L")
+    p = data.index(b"IDAT") - 4
+    n = struct.unpack(">I", data[p:p + 4])[0]
+    positions = sorted(set(rng.integers(p + 8, p + 12 + n, 60).tolist()) | {p + 8 + n - 1, p + 8 + n + 2})
+    for i in positions:  # the compressed rows, the Adler-32 (the data's last 4 bytes) and the CRC
+        bad = data[:i] + bytes([data[i] ^ (1 << int(rng.integers(0, 8)))]) + data[i + 1:]
+        with pytest.raises(LabelError, match="x/a.png"):
+            base.read_label(bad, "x/a.png", "index")
+    assert np.array_equal(base.read_label(data, "x/a.png", "index")[0], ids)
+
+
 def test_a_conversion_lists_every_folder_at_once(local_store, monkeypatch):
     """Two folder entries (train, val), images and labels under prefixes of their own: the four listings are read at
     once, not one after the other (each waits here until all four have started; in turn, the first never ends)."""
