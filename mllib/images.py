@@ -136,19 +136,28 @@ def _verify_body(data: bytes, fmt: str, channels: int) -> None:
         except ValueError as e:
             raise ImageError(f"corrupt JPEG data ({str(e)[:200]})") from None
         return
-    i = 8
-    while i + 12 <= len(data):
+    check_png_crcs(data)
+    decode(data, cv2.IMREAD_UNCHANGED)
+
+
+def check_png_crcs(data: bytes, critical_only: bool = False) -> None:
+    """ImageError unless a PNG's chunks up to IEND are whole and each has the CRC-32 its trailer says; with
+    critical_only, only the critical chunks' (IHDR, PLTE, IDAT, IEND: an upper-case first letter) are checked, as
+    libpng checks them (a decoder that ignores CRCs, libspng, would read a flipped bit as other values)."""
+    view, i, n = memoryview(data), 8, len(data)
+    while i + 12 <= n:
         (length,) = struct.unpack(">I", data[i : i + 4])
         end = i + 12 + length
-        if end > len(data):
+        if end > n:
             raise ImageError("truncated PNG chunk")
-        kind_and_data = data[i + 4 : i + 8 + length]
-        if zlib.crc32(kind_and_data) & 0xFFFFFFFF != struct.unpack(">I", data[i + 8 + length : end])[0]:
-            raise ImageError(f"corrupt PNG: CRC mismatch in a {kind_and_data[:4].decode('latin-1')!r} chunk")
-        if kind_and_data[:4] == b"IEND":
-            break
+        kind = data[i + 4 : i + 8]
+        if not (critical_only and kind[0] & 0x20) and \
+                zlib.crc32(view[i + 4 : i + 8 + length]) != struct.unpack(">I", data[end - 4 : end])[0]:
+            raise ImageError(f"corrupt PNG: CRC mismatch in a {kind.decode('latin-1')!r} chunk")
+        if kind == b"IEND":
+            return
         i = end
-    decode(data, cv2.IMREAD_UNCHANGED)
+    raise ImageError("truncated PNG (its chunks end before IEND)")
 
 
 def uniform_rgb(data: bytes, jpeg_quality: int = 95) -> tuple[bytes, str, int, int]:
